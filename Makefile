@@ -1,0 +1,45 @@
+# efficient-zoo: set-up, tests and the main job. Everything installs into .venv with plain pip.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+JOBS   ?= 2
+
+.PHONY: setup test test-fast demo lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch/torchvision: these exact versions are taken from this machine's disk (no multi-GB download)
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The whole suite, in parallel (one xdist group per model keeps each model built once).
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x -k "not registry" -p no:cacheprovider
+
+# The main job: a model on the bundled dataset, exported with parity checked.
+demo: $(STAMP)
+	$(BIN)/zoo info efficientvit_m0
+	$(BIN)/python -c "import torch, zoo, blocks, export; \
+m = blocks.reparameterize_model(zoo.create_model('efficientvit_m0')); \
+r = export.export_onnx(m, 'out/demo/efficientvit_m0.onnx', (3, 224, 224), dynamic_batch=True); \
+x = torch.randn(2, 3, 224, 224); \
+err = (export.run_onnx(r['path'], x) - m(x)).abs().max().item(); \
+print(f\"wrote {r['path']} ({r['exporter']} exporter), onnxruntime max abs diff {err:.2e}\")"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/vs_timm.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

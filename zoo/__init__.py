@@ -1,0 +1,43 @@
+"""efficient-zoo: efficient vision models with deployment export.
+
+>>> import zoo
+>>> model = zoo.create_model("efficientvit_m0", num_classes=10)
+>>> zoo.list_models("efficientvit_*")[:2]
+['efficientvit_m0', 'efficientvit_m1']
+"""
+
+from . import efficientvit  # noqa: F401  (registers the family)
+from .features import FeatureExtractor, FeatureInfo
+from .info import count_macs, count_params, model_info
+from .registry import (
+    Family,
+    Paper,
+    PretrainedCfg,
+    Reported,
+    UnknownModelError,
+    create_model,
+    get_family,
+    list_families,
+    list_models,
+    load_pretrained,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Family",
+    "FeatureExtractor",
+    "FeatureInfo",
+    "Paper",
+    "PretrainedCfg",
+    "Reported",
+    "UnknownModelError",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "get_family",
+    "list_families",
+    "list_models",
+    "load_pretrained",
+    "model_info",
+]
