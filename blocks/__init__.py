@@ -4,6 +4,7 @@ from .cga import CascadedGroupAttention, EfficientViTBlock, LocalWindowAttention
 from .convbn import BNLinear, ConvBN, LinearBN, fold_bn, set_bn_frozen
 from .deploy import NORM_TYPES, is_deployed, make_bn_realistic, remaining_norms, reparameterize_model
 from .layers import ConvFFN, Residual, SqueezeExcite
+from .schedule import StepScheduled, scheduled_modules, set_step
 
 __all__ = [
     "BNLinear",
@@ -16,10 +17,13 @@ __all__ = [
     "NORM_TYPES",
     "Residual",
     "SqueezeExcite",
+    "StepScheduled",
     "fold_bn",
     "is_deployed",
     "make_bn_realistic",
     "remaining_norms",
     "reparameterize_model",
+    "scheduled_modules",
     "set_bn_frozen",
+    "set_step",
 ]

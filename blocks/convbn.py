@@ -60,6 +60,9 @@ class ConvBN(nn.Module):
         bn_weight_init: initial BN gamma (0 makes a residual branch start as identity).
         bn_eps: BN epsilon.
         deploy: build the folded form directly (a Conv2d with bias and no BN).
+        conv_layer: Conv2d subclass to use (e.g. a sparse conv). At deploy time a fused conv is made with
+            ``conv.fused_with(weight, bias)`` when the class defines it (so it can keep its own structure, such as
+            a sparsity mask), else as a plain ``nn.Conv2d``.
     """
 
     def __init__(
@@ -76,11 +79,12 @@ class ConvBN(nn.Module):
         bn_weight_init: float = 1.0,
         bn_eps: float = 1e-5,
         deploy: bool = False,
+        conv_layer: type[nn.Conv2d] = nn.Conv2d,
     ) -> None:
         super().__init__()
         if padding is None:
             padding = (kernel_size - 1) // 2 * dilation
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=bias or deploy)
+        self.conv = conv_layer(in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=bias or deploy)
         if deploy:
             self.bn = nn.Identity()
         else:
@@ -128,12 +132,15 @@ class ConvBN(nn.Module):
             return
         w, b = fold_bn(self.conv.weight, self.conv.bias, self.bn)
         c = self.conv
-        fused = nn.Conv2d(
-            c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, bias=True
-        ).to(device=w.device, dtype=w.dtype)
-        fused.weight.copy_(w)
-        fused.bias.copy_(b)
-        self.conv = fused
+        if callable(getattr(c, "fused_with", None)):
+            self.conv = c.fused_with(w, b)
+        else:
+            fused = nn.Conv2d(
+                c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups, bias=True
+            ).to(device=w.device, dtype=w.dtype)
+            fused.weight.copy_(w)
+            fused.bias.copy_(b)
+            self.conv = fused
         self.bn = nn.Identity()
         self.deployed = True
         self.tune = False

@@ -197,3 +197,32 @@ def test_reparameterize_model_copies_by_default() -> None:
     deployed = reparameterize_model(model)
     assert model[0].mode != "deploy" and deployed[0].mode == "deploy"
     assert isinstance(deployed[1], nn.Identity)
+
+
+class _Lambda(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def set_step(self, step: int) -> None:
+        self.step.fill_(step)
+
+
+def test_set_step_reaches_nested_and_wrapped_modules() -> None:
+    from blocks import set_step
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(_Lambda(), _Lambda()))
+
+    class Wrapper(nn.Module):  # stands in for DistributedDataParallel's .module
+        def __init__(self, m: nn.Module) -> None:
+            super().__init__()
+            self.module = m
+
+    seen = []
+
+    class Extra:
+        def set_step(self, step: int) -> None:
+            seen.append(step)
+
+    assert set_step(Wrapper(model), 41, extra=[Extra()]) == 3
+    assert model[1][0].step.item() == 41 and model[1][1].step.item() == 41 and seen == [41]
