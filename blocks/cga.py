@@ -100,10 +100,9 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)  # B, c, H, W each
             q = dw(q)
             q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # B, c, H, W -> B, c, N
-            attn = q.transpose(-2, -1) @ k  # B, N, N
-            if not self.deployed:
-                attn = attn * self.scale
-            attn = (attn + bias[i]).softmax(dim=-1)
+            # bias + scale * q^T k in one op (the scale is already folded into q in deploy mode)
+            attn = torch.baddbmm(bias[i], q.transpose(-2, -1), k, alpha=1.0 if self.deployed else self.scale)
+            attn = attn.softmax(dim=-1)  # B, N, N
             feat = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_dim, r, r)  # B, d, N -> B, d, H, W
             feats_out.append(feat)
         return self.proj(torch.cat(feats_out, dim=1))

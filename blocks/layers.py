@@ -25,13 +25,15 @@ class Residual(nn.Module):
     def __init__(self, m: nn.Module, drop_path: float = 0.0) -> None:
         super().__init__()
         self.m = m
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
         self.deployed = False
         self.identity_folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity_folded:
             return self.m(x)
+        if self.drop_path is None:
+            return x + self.m(x)
         return x + self.drop_path(self.m(x))
 
     @torch.no_grad()
@@ -40,7 +42,7 @@ class Residual(nn.Module):
         if self.deployed:
             return
         self.deployed = True
-        self.drop_path = nn.Identity()
+        self.drop_path = None
         conv = _as_plain_conv(self.m)
         if conv is None or not _is_same_shape_conv(conv):
             return
