@@ -317,21 +317,23 @@ def bench_model(
     """Rows of one model: every runtime at every batch (``status`` ok, skipped or error)."""
     subject = _subject(name, settings)
     skips = {rt: skip_reason(rt, settings.device) for rt in runtimes}
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="zoo_bench_") as tmp:
         for batch in batches:
             runners: dict[str, _Runner] = {}
+            batch_rows = []
             for rt in runtimes:
                 if progress is not None:
                     progress.set_postfix_str(f"{name} {rt} b{batch}")
                 if skips[rt]:
-                    rows.append(_row(subject, rt, batch, "skipped", skips[rt]))
+                    batch_rows.append(_row(subject, rt, batch, "skipped", skips[rt]))
                     continue
                 try:
                     runners[rt] = _prepare(rt, subject, batch, settings, Path(tmp))
                 except Exception as e:  # noqa: BLE001 - one failing runtime is reported, the others go on
-                    rows.append(_row(subject, rt, batch, "error", _error_text(e)))
-            rows.extend(_time_runners(subject, batch, runners, settings))
+                    batch_rows.append(_row(subject, rt, batch, "error", _error_text(e)))
+            batch_rows += _time_runners(subject, batch, runners, settings)
+            rows += sorted(batch_rows, key=lambda r: list(runtimes).index(r["runtime"]))
             if progress is not None:
                 progress.update(len(runtimes))
     return rows

@@ -19,6 +19,11 @@ from torch.utils._pytree import tree_leaves
 __all__ = ["peak_tensor_memory"]
 
 
+def _key(t: torch.Tensor) -> int | None:
+    """Identity of a tensor's storage (the same for every view of it)."""
+    return None if t.device.type == "meta" else StorageWeakRef(t.untyped_storage()).cdata
+
+
 class _LiveStorages(TorchDispatchMode):
     """Running total of the bytes held by storages that ops created; their peak."""
 
@@ -36,11 +41,14 @@ class _LiveStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         self._collect()
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # outputs that share an input's storage (in-place ops, views of weights or inputs) allocate nothing
+        inputs = {_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 ref = StorageWeakRef(t.untyped_storage())
-                if ref.cdata not in self.live:
+                if ref.cdata not in self.live and ref.cdata not in inputs:
                     nbytes = t.untyped_storage().nbytes()
                     self.live[ref.cdata] = (ref, nbytes)
                     self.current += nbytes
