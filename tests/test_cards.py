@@ -49,7 +49,8 @@ def test_tested_exports_are_registry_tests() -> None:
 
 
 def _bench(rows: list[dict]) -> dict:
-    machine = {"cpu": "Test CPU 9000", "threads": 2, "date": "2026-01-01", "versions": {"torch": "x", "onnxruntime": "y"}}
+    versions = {"torch": "x", "onnxruntime": "y"}
+    machine = {"cpu": "Test CPU 9000", "threads": 2, "date": "2026-01-01", "versions": versions}
     settings = {"imgsz": None, "min_runs": 20, "warmup": 5}
     return {"machine": machine, "settings": settings, "skipped": {}, "results": rows}
 
