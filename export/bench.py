@@ -45,6 +45,7 @@ __all__ = ["RUNTIMES", "BenchSettings", "machine_info", "skip_reason", "run_benc
 #: Runtimes ``zoo bench`` knows, in the order it reports them.
 RUNTIMES = ("eager", "deployed", "compile", "onnxruntime", "onnxruntime-int8", "tensorrt", "coreml")
 _TORCH_RUNTIMES = ("eager", "deployed", "compile")
+_ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS")
 _PACKAGES = ("torch", "torchvision", "timm", "numpy", "onnx", "onnxruntime", "onnxscript", "coremltools", "tensorrt")
 CSV_FIELDS = (
     "model",
@@ -123,6 +124,9 @@ def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
         # other processes compete for the cores: the 1-minute load average says how much
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "versions": {p: _version(p) for p in _PACKAGES},
+        # OpenMP's spin-waiting decides torch's multi-threaded latency on a shared machine (onnxruntime's
+        # allow_spinning=0 is set per session; OpenMP reads these only when torch is first imported)
+        "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
     }
 
@@ -370,6 +374,18 @@ def _time_runners(
     return rows
 
 
+def _warn_if_busy(threads: int) -> None:
+    """Say so when other processes already occupy the cores: the latencies will be noisy."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    if load + threads > cores:
+        print(
+            f"zoo bench: warning: 1-minute load average {load:.1f} on {cores} cores; latencies will be noisy"
+            + ("" if os.environ.get("OMP_WAIT_POLICY") else " (set OMP_WAIT_POLICY=PASSIVE for multi-threaded torch)"),
+            file=sys.stderr,
+        )
+
+
 def run_bench(
     names: Sequence[str], runtimes: Sequence[str], batches: Sequence[int], settings: BenchSettings
 ) -> dict[str, Any]:
@@ -383,6 +399,7 @@ def run_bench(
     for rt in runtimes:
         skip_reason(rt, settings.device)  # unknown names fail before any model is built
     torch.set_num_threads(settings.threads)
+    _warn_if_busy(settings.threads)
     rows: list[dict[str, Any]] = []
     with warnings.catch_warnings(), tqdm(total=len(names) * len(runtimes) * len(batches), desc="bench") as bar:
         warnings.simplefilter("ignore")

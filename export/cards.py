@@ -263,6 +263,7 @@ def _bench_line(bench: Mapping[str, Any] | None, bench_name: str) -> str:
     v = m["versions"]
     size = f"{s['imgsz']} px inputs" if s.get("imgsz") else "each model's own input size"
     load = f"; 1-minute load average {m['load_avg_1m']} when it started" if m.get("load_avg_1m") is not None else ""
+    load += "".join(f", `{k}={v}`" for k, v in m.get("env", {}).items())
     return (
         f"**Latency here** (`{bench_name}`, {m['date']}): {m['cpu']}, {m['threads']} threads, batch 1, {size}, "
         f"median of at least {s['min_runs']} timed runs after {s['warmup']} warm-up runs, runtimes of one model "
