@@ -180,8 +180,11 @@ def _exports(index: Mapping[tuple[str, str], Any], name: str) -> str:
 def _weights(family: Family, name: str) -> str:
     parts = []
     spec = family.weights.get(name)
+    rep = family.reported.get(name)
     if spec is not None:
-        parts.append(f"[{spec.layout}]({spec.url})")
+        # released weights can differ from the paper's table (e.g. distilled checkpoints): say what they score
+        differs = spec.top1 is not None and (rep is None or rep.top1 != spec.top1)
+        parts.append(f"[{spec.layout}]({spec.url})" + (f" (top-1 {spec.top1:g})" if differs else ""))
     if name in family.timm_names:
         parts.append(f"timm `{family.timm_names[name]}`")
     return "; ".join(parts) or "none released"

@@ -9,6 +9,7 @@ either failure.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def test_render_family_section(monkeypatch) -> None:
     family = copy.copy(zoo.get_family("efficientvit"))  # a copy: Family() itself would register a second family
     family.card_notes = "PRepBN evaluates as RepBN | note."
     family.remaining_norms = ("LayerNorm",)
+    m1_weights = dataclasses.replace(family.weights["efficientvit_m1"], top1=69)
+    family.weights = {**family.weights, "efficientvit_m1": m1_weights}
     monkeypatch.setattr(cards.zoo, "list_families", lambda: [family])
     rows = [
         _row("efficientvit_m0", "onnxruntime", ms=3.14159),
@@ -89,6 +92,7 @@ def test_render_family_section(monkeypatch) -> None:
     assert "timm `efficientvit_m0`" in m0
     assert "| ? / 3 M | ? / 167 M |" in m1  # not measured yet: visibly missing, not invented
     assert "| 4.00 @128 | failed | ONNX, CoreML |" in m1
+    assert "efficientvit_m1.pth) (top-1 69); timm" in m1 and "(top-1" not in m0  # weights scoring unlike the paper
     assert "Benchmark failures here: `efficientvit_m1` deployed: RuntimeError: boom." in text
     assert "PRepBN evaluates as RepBN | note." in text
     assert "- Norms left after folding: `LayerNorm` (cannot fold" in text
