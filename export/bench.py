@@ -17,6 +17,7 @@ import argparse
 import csv
 import datetime
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
@@ -163,8 +164,15 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def _exporter_has(module: str) -> bool:
+    """Whether this build's ``export`` package has ``module`` (the exporter adds formats over time)."""
+    return importlib.util.find_spec(f"{__package__}.{module}") is not None
+
+
 def _int8_skip_reason() -> str | None:
-    return "INT8 ONNX quantization is not part of this build's exporter yet (export issue 7)"
+    if not _exporter_has("quantize"):
+        return "INT8 ONNX quantization is not part of this build's exporter (no export.quantize)"
+    return None
 
 
 def _tensorrt_skip_reason() -> str | None:
@@ -172,7 +180,9 @@ def _tensorrt_skip_reason() -> str | None:
         return "TensorRT needs a CUDA GPU; none is visible (torch.cuda.is_available() is False)"
     if _version("tensorrt") is None:
         return "tensorrt is not installed (pip install 'efficient-zoo[tensorrt]')"
-    return "the TensorRT engine builder is not part of this build's exporter yet (export issue 7)"
+    if not _exporter_has("tensorrt_export"):
+        return "the TensorRT engine builder is not part of this build's exporter (no export.tensorrt_export)"
+    return None
 
 
 @dataclass
@@ -251,17 +261,45 @@ def _ort_session(path: Path, threads: int, device: str) -> Any:
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
-def _ort_runner(subject: _Subject, batch: int, settings: BenchSettings, tmp: Path, int8: bool) -> Callable[[], object]:
+def _onnx_fp32(subject: _Subject, batch: int, settings: BenchSettings, tmp: Path) -> Path:
+    """The deployed model's FP32 ONNX at a static ``batch``, exported once per model and batch."""
     from .onnx_export import export_onnx
 
     path = tmp / f"{subject.name}_b{batch}.onnx"
-    export_onnx(subject.deployed.cpu(), path, subject.input_size, batch=batch)
-    subject.deployed.to(settings.device)
+    if not path.exists():
+        export_onnx(subject.deployed.cpu(), path, subject.input_size, batch=batch)
+        subject.deployed.to(settings.device)
+    return path
+
+
+def _ort_runner(subject: _Subject, batch: int, settings: BenchSettings, tmp: Path, int8: bool) -> Callable[[], object]:
+    path = _onnx_fp32(subject, batch, settings, tmp)
     if int8:
-        raise RuntimeError(_int8_skip_reason())
+        from .quantize import quantize_int8
+
+        # The speed of a Q/DQ graph does not depend on its scales, so random inputs calibrate well enough for
+        # timing; `zoo export --formats onnx-int8` calibrates on data for an artifact meant to be accurate.
+        gen = torch.Generator().manual_seed(0)
+        calib = torch.randn(batch * max(1, 8 // batch), *subject.input_size, generator=gen)
+        quantize_int8(path, path.with_suffix(".int8.onnx"), calib, batch)
+        path = path.with_suffix(".int8.onnx")
     sess = _ort_session(path, settings.threads, settings.device)
     feed = {sess.get_inputs()[0].name: torch.randn(batch, *subject.input_size).numpy()}
     return lambda: sess.run(None, feed)
+
+
+def _tensorrt_runner(subject: _Subject, batch: int, settings: BenchSettings, tmp: Path) -> Callable[[], object]:
+    """An FP16 engine (TensorRT's strongly typed networks take their precision from an FP16 ONNX), run on CUDA."""
+    from .onnx_export import export_onnx_fp16
+    from .tensorrt_export import EngineSpec, TrtRunner, build_engine
+
+    onnx16 = tmp / f"{subject.name}_b{batch}.fp16.onnx"
+    export_onnx_fp16(subject.deployed.cpu(), onnx16, subject.input_size, batch=batch)
+    subject.deployed.to(settings.device)
+    spec = EngineSpec(onnx16, onnx16.with_suffix(".engine"), "input", subject.input_size, batch=batch)
+    runner = TrtRunner(build_engine(spec))
+    x = torch.randn(batch, *subject.input_size, device="cuda")
+    return lambda: runner.run_cuda(x)
 
 
 def _coreml_runner(subject: _Subject, batch: int) -> Callable[[], object]:
@@ -286,6 +324,8 @@ def _prepare(runtime: str, subject: _Subject, batch: int, settings: BenchSetting
             memory = lambda: peak_tensor_memory(fn, settings.device)  # noqa: E731
     elif runtime in ("onnxruntime", "onnxruntime-int8"):
         fn = _ort_runner(subject, batch, settings, tmp, int8=runtime == "onnxruntime-int8")
+    elif runtime == "tensorrt":
+        fn = _tensorrt_runner(subject, batch, settings, tmp)
     elif runtime == "coreml":
         fn = _coreml_runner(subject, batch)
     else:

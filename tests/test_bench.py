@@ -43,6 +43,8 @@ def test_bench_command_tiny_model(tmp_path, capsys) -> None:
         reason = skip_reason(rt)
         if reason:
             assert rows[rt]["status"] == "skipped" and rows[rt]["reason"] == result["skipped"][rt] == reason
+        else:
+            assert rows[rt]["status"] == "ok" and rows[rt]["median_ms"] > 0
     with open(out.with_suffix(".csv")) as f:
         table = list(csv.DictReader(f))
     assert [r["runtime"] for r in table] == list(rows) and table[0]["cpu"] == result["machine"]["cpu"]
@@ -81,6 +83,10 @@ def test_skip_reasons(monkeypatch) -> None:
     real_version = bench._version
     monkeypatch.setattr(bench, "_version", lambda p: None if p == "tensorrt" else real_version(p))
     assert "tensorrt is not installed" in skip_reason("tensorrt")
+    monkeypatch.setattr(bench, "_version", lambda p: "11.0" if p == "tensorrt" else real_version(p))
+    monkeypatch.setattr(bench, "_exporter_has", lambda module: False)
+    assert "not part of this build's exporter (no export.tensorrt_export)" in skip_reason("tensorrt")
+    assert "not part of this build's exporter (no export.quantize)" in skip_reason("onnxruntime-int8")
     monkeypatch.setattr(bench.platform, "system", lambda: "Linux")
     assert "CoreML runs only on macOS (this is Linux)" in skip_reason("coreml")
     monkeypatch.setattr(bench.platform, "system", lambda: "Darwin")
