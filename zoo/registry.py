@@ -93,6 +93,8 @@ class Family:
         blocks: names of the ``blocks`` the family is built from.
         remaining_norms: normalization layers that cannot fold and stay in the deployed graph.
         timm_names: ``{variant: timm model name}`` for variants timm also implements.
+        card_notes: free text (Markdown) for the family's section of ``MODEL_CARDS.md``, for what the fields above
+            cannot say: why the ``remaining_norms`` stay, evaluation behaviour during a schedule, notes on weights.
     """
 
     name: str
@@ -105,6 +107,7 @@ class Family:
     blocks: tuple[str, ...] = ()
     remaining_norms: tuple[str, ...] = ()
     timm_names: Mapping[str, str] = field(default_factory=dict)
+    card_notes: str = ""
     variants: dict[str, Callable[..., nn.Module]] = field(default_factory=dict)
     cfgs: dict[str, PretrainedCfg] = field(default_factory=dict)
 

@@ -1,0 +1,100 @@
+"""ExecuTorch ``.pte`` export (XNNPACK delegate, fp32) and its check with ExecuTorch's own Python runtime.
+
+ExecuTorch is an optional extra (``pip install 'efficient-zoo[executorch]'``). It must be a release built against
+the installed torch: :func:`executorch_status` says whether it is importable and compatible, and the exporter fails
+the format with that precise reason otherwise. On Linux x86-64 the runtime runs here, so the ``.pte`` is the mobile
+artifact whose parity is proven on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import FormatUnavailableError
+
+__all__ = ["executorch_status", "export_pte", "load_pte"]
+
+
+def _requires_torch(dist: str) -> str:
+    reqs = md.requires(dist) or []
+    return next((r for r in reqs if r.split(";")[0].strip().startswith("torch") and "torchao" not in r), "")
+
+
+def executorch_status() -> tuple[str | None, str | None]:
+    """``(version, None)`` when ExecuTorch is usable with this torch, else ``(version or None, reason)``."""
+    try:
+        version = md.version("executorch")
+    except md.PackageNotFoundError:
+        return None, (
+            "ExecuTorch is not installed; `pip install 'efficient-zoo[executorch]'` (it must match torch "
+            f"{torch.__version__})"
+        )
+    try:
+        with redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+            from executorch.exir import to_edge_transform_and_lower  # noqa: F401
+            from executorch.runtime import Runtime  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - an ABI or version mismatch shows up as any import error
+        need = _requires_torch("executorch")
+        return version, (
+            f"executorch {version} cannot be used with torch {torch.__version__}"
+            f"{f' (it requires {need})' if need else ''}: {type(e).__name__}: {e}"
+        )
+    return version, None
+
+
+def export_pte(model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int], batch: int = 1) -> Path:
+    """Lower a deployed model to ExecuTorch with the XNNPACK delegate (fp32) and write ``path``.
+
+    The batch is fixed: the XNNPACK delegate's memory plan is static between delegated partitions.
+
+    Raises:
+        FormatUnavailableError: ExecuTorch missing or incompatible with this torch.
+    """
+    version, reason = executorch_status()
+    if reason:
+        raise FormatUnavailableError(reason)
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    example = torch.randn(batch, *input_size)
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), (example,))
+    with redirect_stderr(io.StringIO()):
+        edge = to_edge_transform_and_lower(
+            ep, partitioner=[XnnpackPartitioner()], compile_config=EdgeCompileConfig(_check_ir_validity=False)
+        )
+        program = edge.to_executorch()
+    path = Path(path)
+    with open(path, "wb") as f:
+        program.write_to_file(f)
+    return path
+
+
+class _PteRunner:
+    """Callable running the ``forward`` method of a loaded ``.pte`` on a tensor."""
+
+    def __init__(self, method: object) -> None:
+        self.method = method
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x.contiguous()])[0]
+
+
+def load_pte(path: str | os.PathLike) -> _PteRunner:
+    """Load a ``.pte`` with ExecuTorch's Python runtime; the result maps an input tensor to the first output."""
+    version, reason = executorch_status()
+    if reason:
+        raise FormatUnavailableError(reason)
+    from executorch.runtime import Runtime
+
+    with redirect_stderr(io.StringIO()):
+        program = Runtime.get().load_program(Path(path))
+        return _PteRunner(program.load_method("forward"))

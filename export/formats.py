@@ -1,0 +1,311 @@
+"""One builder per format. Each writes into the staging directory, checks what it wrote, and returns its record.
+
+A builder raises (``ParityError``, ``FormatUnavailableError``, ...) instead of returning when its artifact cannot be
+trusted; the orchestrator then drops that format's files. Records are plain dicts that go into ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .coreml_export import convert_coreml, predict_coreml, validate_coreml_package
+from .data import normalize
+from .errors import ExportError, ParityError
+from .executorch_export import export_pte, load_pte
+from .fold import PixelInput, rel_error
+from .onnx_export import (
+    check_onnx_graph,
+    convert_to_ort,
+    export_onnx,
+    export_onnx_fp16,
+    ort_session,
+    run_onnx,
+    set_onnx_metadata,
+    slim_onnx,
+)
+from .quantize import compare_top1, quantize_int8, synthesize_zeroq
+
+__all__ = ["BUILDERS", "Job", "TOLERANCES", "probe_inputs"]
+
+#: Relative tolerances (max abs difference / max abs output) of each artifact against the PyTorch model.
+TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "coreml-fp16": 5e-2, "coreml-fp32": 1e-3, "trt-fp32": 1e-3, "trt-int8": 1e-1}
+
+
+@dataclass
+class Job:
+    """Everything the builders share: options, the folded model, inputs for checks, and what was built so far.
+
+    Attributes:
+        graph: the deployed model as the artifacts take it (with the mean subtraction when the input norm is folded).
+        probes: ``(label, input)`` pairs in the artifact's input space for the parity checks.
+        calib: calibration inputs (artifact input space) or None (then data-free).
+        val: ``(inputs, labels or None, source)`` for the INT8 top-1 comparison, or None.
+        files: intermediate files by key (``onnx``, ``onnx-fp16``, ``onnx-int8``).
+        runners: ``{label: fn(x) -> output}`` of everything that runs here, for the latency table.
+    """
+
+    opts: Any
+    loaded: Any
+    deployed: nn.Module
+    graph: nn.Module
+    staging: Path
+    out_dir: Path
+    metadata: dict[str, str]
+    probes: list[tuple[str, torch.Tensor]]
+    calib: torch.Tensor | None
+    val: tuple[torch.Tensor, torch.Tensor | None, str] | None
+    forbid_norms: bool
+    files: dict[str, Path] = field(default_factory=dict)
+    runners: dict[str, Callable[[torch.Tensor], Any]] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return self.loaded.name
+
+    def artifact_input(self, pixels01: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> what the artifact takes: raw pixels (input norm folded) or normalized tensors."""
+        if isinstance(self.graph, PixelInput):
+            return pixels01 * self.opts.pixel_range
+        return normalize(pixels01, self.loaded.cfg["mean"], self.loaded.cfg["std"])
+
+    def require(self, key: str) -> Path:
+        if key not in self.files:
+            raise ExportError(f"needs the {key} file, which was not produced (see that format's error)")
+        return self.files[key]
+
+
+def _check(fmt: str, job: Job, run: Callable[[torch.Tensor], torch.Tensor], tol: float) -> dict[str, Any]:
+    """Parity of ``run`` against the PyTorch graph on every probe; raises ParityError past ``tol``."""
+    errors: dict[str, float] = {}
+    for label, x in job.probes:
+        with torch.no_grad():
+            ref = job.graph(x)
+        out = torch.as_tensor(run(x)).float()
+        if tuple(out.shape) != tuple(ref.shape):
+            raise ParityError(
+                fmt, float("inf"), tol, f"output shape {tuple(out.shape)} != {tuple(ref.shape)} ({label})"
+            )
+        errors[label] = rel_error(out, ref)
+    worst = max(errors.values())
+    if worst > tol:
+        raise ParityError(fmt, worst, tol, ", ".join(f"{k}: {v:.2e}" for k, v in errors.items()))
+    return {"error": worst, "tol": tol, "per_input": errors, "reference": "PyTorch (folded model, fp32)"}
+
+
+def _onnx_file(job: Job, model: nn.Module, path: Path, fp16: bool) -> dict[str, Any]:
+    o = job.opts
+    export = export_onnx_fp16 if fp16 else export_onnx
+    res = export(model, path, job.loaded.input_size, batch=o.batch, dynamic_batch=o.dynamic_batch, opset=o.opset)
+    slim_error = slim_onnx(path)
+    try:
+        graph = check_onnx_graph(path, o.dynamic_batch, job.forbid_norms)
+    except AssertionError as e:
+        raise ExportError(f"onnx: {e}") from e
+    set_onnx_metadata(path, job.metadata, doc=f"{job.stem} exported by efficient-zoo")
+    sess = ort_session(path, o.threads)
+    fmt = "onnx-fp16" if fp16 else "onnx"
+    parity = _check(fmt, job, lambda x: run_onnx(sess, x), TOLERANCES["fp16" if fp16 else "fp32"])
+    job.runners[f"onnxruntime {'fp16' if fp16 else 'fp32'}"] = lambda x: run_onnx(sess, x)
+    job.files[fmt] = path
+    return {
+        "exporter": res["exporter"],
+        "fallback_reason": res["fallback_reason"],
+        "opset": graph["opset"],
+        "batch_dim": graph["batch_dim"],
+        "nodes": graph["nodes"],
+        "onnxslim": "applied" if slim_error is None else f"failed, file kept unslimmed: {slim_error}",
+        "parity": parity,
+    }
+
+
+def build_onnx(job: Job) -> dict[str, Any]:
+    """FP32 ONNX (and the FP16 one with ``--half``), slimmed, checked structurally and with onnxruntime."""
+    path = job.staging / f"{job.stem}.onnx"
+    rec = _onnx_file(job, job.graph, path, fp16=False)
+    rec["files"] = [path]
+    if job.opts.half:
+        path16 = job.staging / f"{job.stem}.fp16.onnx"
+        rec["fp16"] = _onnx_file(job, job.graph, path16, fp16=True)
+        rec["files"].append(path16)
+    return rec
+
+
+def _calibration(job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+    o = job.opts
+    if job.calib is not None:
+        return job.calib, {"source": o.calib_data, "images": len(job.calib)}
+    cfg = job.loaded.cfg
+    pixels = synthesize_zeroq(
+        job.loaded.model, job.loaded.input_size, cfg["mean"], cfg["std"], o.calib_size, o.zeroq_steps
+    )
+    if pixels is None:
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.rand(o.calib_size, *job.loaded.input_size, generator=gen)
+        return job.artifact_input(pixels), {
+            "source": "uniform random pixels (no BatchNorm to match)",
+            "images": o.calib_size,
+        }
+    info = {
+        "source": f"data-free: ZeroQ, BatchNorm statistics matched ({o.zeroq_steps} Adam steps)",
+        "images": len(pixels),
+    }
+    return job.artifact_input(pixels), info
+
+
+def build_onnx_int8(job: Job) -> dict[str, Any]:
+    """Static INT8 Q/DQ ONNX from the FP32 one; INT8-vs-FP32 top-1 on the validation data."""
+    o = job.opts
+    fp32 = job.require("onnx")
+    calib, calib_info = _calibration(job)
+    path = job.staging / f"{job.stem}.int8.onnx"
+    batch = o.batch if not o.dynamic_batch else min(16, len(calib))
+    settings = quantize_int8(fp32, path, calib, batch)
+    try:
+        check_onnx_graph(path, o.dynamic_batch, job.forbid_norms)
+    except AssertionError as e:
+        raise ExportError(f"onnx-int8: {e}") from e
+    set_onnx_metadata(path, {**job.metadata, "quantization": "int8 QDQ per-channel symmetric"})
+    sess_q, sess_f = ort_session(path, o.threads), ort_session(fp32, o.threads)
+    step = None if o.dynamic_batch else o.batch
+    inputs, labels, source = job.val if job.val is not None else (calib, None, calib_info["source"])
+    top1 = compare_top1(run_onnx(sess_f, inputs, batch=step), run_onnx(sess_q, inputs, batch=step), labels)
+    top1["data"] = source
+    x = job.probes[0][1]
+    rec = {
+        "files": [path],
+        "quantization": settings,
+        "calibration": calib_info,
+        "top1": top1,
+        "parity": {"error": rel_error(run_onnx(sess_q, x), run_onnx(sess_f, x)), "tol": None, "reference": "FP32 ONNX"},
+    }
+    if o.max_int8_drop is not None and "drop" in top1 and top1["drop"] > o.max_int8_drop:
+        raise ParityError("onnx-int8", top1["drop"], o.max_int8_drop, "top-1 drop in points vs FP32 on " + source)
+    job.runners["onnxruntime int8"] = lambda t: run_onnx(sess_q, t)
+    job.files["onnx-int8"] = path
+    return rec
+
+
+def build_ort(job: Job) -> dict[str, Any]:
+    """onnxruntime's mobile ``.ort`` format of the FP32 ONNX, checked by loading it back."""
+    path = convert_to_ort(job.require("onnx"), job.staging / f"{job.stem}.ort")
+    sess = ort_session(path, job.opts.threads)
+    parity = _check("ort", job, lambda x: run_onnx(sess, x), TOLERANCES["fp32"])
+    job.runners["onnxruntime .ort"] = lambda x: run_onnx(sess, x)
+    return {"files": [path], "optimization_style": "Fixed", "parity": parity}
+
+
+class _Normalize(nn.Module):
+    """Takes pixels in [0, 1] and normalizes them in the graph (CoreML image input without a folded norm)."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) * self.inv_std)
+
+
+def _coreml_model(job: Job) -> tuple[nn.Module, dict[str, Any] | None, str]:
+    """The module to convert, the ``ImageType`` arguments (None: tensor input) and what the input means."""
+    o, cfg = job.opts, job.loaded.cfg
+    if o.coreml_input == "tensor":
+        return job.graph, None, "tensor, as the ONNX input"
+    if isinstance(job.graph, PixelInput):
+        bias = [-m * o.pixel_range for m in cfg["mean"]]
+        image = {"scale": o.pixel_range / 255.0, "bias": bias, "color_layout": "RGB"}
+        return job.graph.core, image, "RGB image; ImageType scale/bias subtract the mean, 1/std is in the first conv"
+    image = {"scale": 1.0 / 255.0, "bias": [0.0, 0.0, 0.0], "color_layout": "RGB"}
+    return _Normalize(job.deployed, cfg["mean"], cfg["std"]), image, "RGB image; normalization in the graph"
+
+
+def build_coreml(job: Job) -> dict[str, Any]:
+    """CoreML mlprogram; structural validation here, prediction parity on macOS only."""
+    o = job.opts
+    model, image, meaning = _coreml_model(job)
+    path = job.staging / f"{job.stem}.mlpackage"
+    classes = job.loaded.classes
+    meta = {**job.metadata, "author": "efficient-zoo export", "license": job.metadata.get("weights_license", "")}
+    convert_coreml(model, job.loaded.input_size, o.batch, o.coreml_precision, "input", path, image, classes, meta)
+    shape = (o.batch, *job.loaded.input_size)
+    try:
+        info = validate_coreml_package(path, shape, job.loaded.model.num_classes, classes, image is not None)
+    except AssertionError as e:
+        raise ExportError(f"coreml: {e}") from e
+    rec = {"files": [path], "precision": o.coreml_precision, "input": meaning, "structure": info}
+    if sys.platform == "darwin":
+        rec["parity"] = _coreml_parity(job, path, image is not None, classes is not None)
+    else:
+        rec["parity"] = {"checked": "structurally (spec, input/output, labels, ops); CoreML predicts only on macOS"}
+    return rec
+
+
+def _coreml_parity(job: Job, path: Path, image: bool, probs: bool) -> dict[str, Any]:
+    tol = TOLERANCES[f"coreml-{'fp16' if job.opts.coreml_precision == 'float16' else 'fp32'}"]
+    gen = torch.Generator().manual_seed(2)
+    pixels = torch.randint(0, 256, (1, *job.loaded.input_size), generator=gen).float()
+    x = pixels if image else job.artifact_input(pixels / 255.0)
+    with torch.no_grad():
+        ref = job.graph(job.artifact_input(pixels / 255.0))
+    ref = ref.softmax(-1) if probs else ref
+    err = rel_error(predict_coreml(path, x, image), ref)
+    if err > tol:
+        raise ParityError("coreml", err, tol, "CoreML prediction on macOS")
+    return {"error": err, "tol": tol, "reference": "PyTorch (folded model)"}
+
+
+def build_executorch(job: Job) -> dict[str, Any]:
+    """ExecuTorch ``.pte`` with the XNNPACK delegate, run back with ExecuTorch's runtime for parity."""
+    path = export_pte(job.graph, job.staging / f"{job.stem}.pte", job.loaded.input_size, job.opts.batch)
+    runner = load_pte(path)
+    fixed = [(k, v) for k, v in job.probes if v.shape[0] == job.opts.batch] or [
+        ("random", job.probes[0][1][:1].expand(job.opts.batch, -1, -1, -1).contiguous())
+    ]
+    saved, job.probes = job.probes, fixed
+    try:
+        parity = _check("executorch", job, runner, TOLERANCES["fp32"])
+    finally:
+        job.probes = saved
+    job.runners["executorch xnnpack"] = runner
+    return {"files": [path], "delegate": "XNNPACK", "precision": "fp32", "batch": job.opts.batch, "parity": parity}
+
+
+def build_tensorrt(job: Job) -> dict[str, Any]:
+    """TensorRT engines (GPU only): FP16 (``--half``) or FP32, plus INT8 when the Q/DQ ONNX was made."""
+    from .tensorrt_export import build_engines, require_cuda
+
+    require_cuda()  # fails at once without a GPU, before any work
+    return build_engines(job)
+
+
+#: Builders in dependency order (ONNX first: INT8, .ort and TensorRT read the FP32 file).
+BUILDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "onnx": build_onnx,
+    "onnx-int8": build_onnx_int8,
+    "ort": build_ort,
+    "coreml": build_coreml,
+    "executorch": build_executorch,
+    "tensorrt": build_tensorrt,
+}
+
+
+def probe_inputs(
+    size: tuple[int, int, int],
+    batches: list[int],
+    real: torch.Tensor | None,
+    to_input: Callable[[torch.Tensor], torch.Tensor],
+) -> list[tuple[str, torch.Tensor]]:
+    """Random images (uniform pixels, so the borders are never the mean pixel) at each batch size, plus real ones."""
+    gen = torch.Generator().manual_seed(0)
+    probes = [(f"random batch {b}", to_input(torch.rand(b, *size, generator=gen))) for b in batches]
+    if real is not None and len(real):
+        probes.append((f"real batch {len(real)}", to_input(real)))
+    return probes
