@@ -223,6 +223,8 @@ def classifier_must_fit(what: str) -> Iterator[None]:
 def build_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
     """The frozen teacher: a zoo model (released weights or ``teacher_path``) or a timm model with a checkpoint.
 
+    It sees the student's input, so a zoo teacher with fixed geometry is built for ``cfg.img_size``.
+
     Raises:
         ValueError: unknown teacher, or a checkpoint whose classifier does not fit ``num_classes``.
     """
@@ -231,7 +233,8 @@ def build_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> n
     name, path = cfg.teacher_model, cfg.teacher_path
     with classifier_must_fit(f"teacher {name} from {path or 'its released weights'}"):
         if name in zoo.list_models():
-            teacher = zoo.create_model(name, pretrained=path or True, num_classes=num_classes)
+            kwargs = {"img_size": cfg.img_size} if cfg.img_size and accepts_arg(name, "img_size") else {}
+            teacher = zoo.create_model(name, pretrained=path or True, num_classes=num_classes, **kwargs)
         elif timm.is_model(name):
             teacher = timm.create_model(name, pretrained=not path, num_classes=num_classes)
             if path:

@@ -111,10 +111,10 @@ class _SafeImageFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int] | BadImage:
         path, target = self.samples[i]
         try:
-            img = self.loader(path)
-            return (self.transform(img) if self.transform else img), target
+            img = self.loader(path)  # opens and converts to RGB, so a truncated file fails here, not in a transform
         except Exception as e:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError, ...)
             return BadImage(path, f"{type(e).__name__}: {e}")
+        return (self.transform(img) if self.transform else img), target
 
 
 class _RGB(Dataset):
@@ -209,11 +209,37 @@ def build_transforms(cfg: TrainConfig, pretrained_cfg: dict[str, Any], img_size:
         re_mode=cfg.remode,
         re_count=cfg.recount,
     )
+    _patch_posterize(train)
     crop_pct = cfg.crop_pct if cfg.crop_pct is not None else pretrained_cfg["crop_pct"]
     evaluate = create_transform(
         **common, is_training=False, interpolation=pretrained_cfg["interpolation"], crop_pct=crop_pct
     )
     return train, evaluate
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize op, valid for every magnitude: with ``inc1`` policies at the top magnitude timm asks for 0 bits,
+    which Pillow >= 13 rejects (older Pillow returned a black image, which this reproduces)."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform: Any) -> None:
+    """Point the posterize ops of timm's RandAugment / AutoAugment inside ``transform`` at :func:`_posterize`."""
+    from timm.data import auto_augment
+
+    for t in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(t, "ops", []))
+        for sub in getattr(t, "policy", []):
+            ops += list(sub)
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
 
 
 def _collate(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadImage]]:

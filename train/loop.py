@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,21 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _configure_torch(cfg: TrainConfig) -> None:
+@contextlib.contextmanager
+def _torch_settings(cfg: TrainConfig) -> Iterator[None]:
+    """Thread count and determinism for the run, restored afterwards (fit may be called inside a larger program)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = torch.cuda.is_available() and not cfg.deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -116,7 +124,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     """
     env = setup(config.device)
     try:
-        return _fit(config, env)
+        with _torch_settings(config):
+            return _fit(config, env)
     finally:
         teardown(env)
 
@@ -245,7 +254,6 @@ def _distribute_bn(run: _Run, cfg: TrainConfig, env: DistEnv) -> None:
 
 
 def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
-    _configure_torch(cfg)
     out = Path(cfg.output)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
