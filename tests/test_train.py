@@ -76,7 +76,7 @@ def test_fit_writes_outputs_and_validate_agrees(folder, tmp_path, capsys) -> Non
     assert got["val_top1"] == pytest.approx(best["val_top1"]) and got["val_loss"] == pytest.approx(best["val_loss"])
 
 
-def test_set_step_once_per_optimizer_step_and_pruner_state(folder, tmp_path, monkeypatch) -> None:
+def test_set_step_once_per_optimizer_step_and_pruner_state(folder, tmp_path, monkeypatch, caplog) -> None:
     """In-model schedules see every optimizer step once (accumulation: once per 2 micro-batches); the pruner from
     blocks.make_pruner gets its window in steps and its state travels with the checkpoint."""
     seen, made = [], []
@@ -114,8 +114,10 @@ def test_set_step_once_per_optimizer_step_and_pruner_state(folder, tmp_path, mon
     assert made[0].args == (0.5, 3, 4, 2, "unstructured")  # 1ep = 3 steps; default end: 75% of 6 steps, rounded
     assert made[0].steps == seen
     seen.clear()
-    train.fit(cfg.replace(epochs=3, resume=str(tmp_path / "run")))
+    with caplog.at_level(logging.WARNING, logger="train"):
+        train.fit(cfg.replace(epochs=3, resume=str(tmp_path / "run")))  # one more epoch than planned
     assert made[1].loaded == 5 and seen == [6, 6, 7, 8]
+    assert "resuming with changed epochs: the lr follows the new schedule" in caplog.text
 
 
 def test_parse_when() -> None:

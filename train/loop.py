@@ -208,10 +208,23 @@ def _build(cfg: TrainConfig, env: DistEnv) -> _Run:
     )
 
 
-def _restore(run: _Run, state: dict[str, Any], env: DistEnv) -> None:
+# settings that define the lr schedule: when a resume changes one (e.g. more epochs), the new schedule applies
+_SCHEDULE_FIELDS = (
+    "epochs", "sched", "sched_on_updates", "warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs",
+    "decay_epochs", "decay_milestones", "decay_rate", "lr", "lr_base", "lr_base_size", "lr_base_scale",
+    "batch_size", "grad_accum_steps",
+)  # fmt: skip
+
+
+def _restore(run: _Run, state: dict[str, Any], cfg: TrainConfig, env: DistEnv) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    now, then = cfg.to_dict(), state["config"]
+    changed = [k for k in _SCHEDULE_FIELDS if now[k] != then.get(k)]
+    if changed:
+        _log.warning("resuming with changed %s: the lr follows the new schedule from here", ", ".join(changed))
+    else:
+        run.scheduler.load_state_dict(state["scheduler"])
     for obj, key in ((run.ema, "ema"), (run.scaler, "scaler"), (run.pruner, "pruner")):
         if obj is not None:
             if state.get(key) is None:
@@ -269,7 +282,7 @@ def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     _seed(cfg.seed + env.rank)  # from here on, each rank draws its own augmentations
     if cfg.resume:
         state = ckpt.load_state(cfg.resume)
-        _restore(run, state, env)
+        _restore(run, state, cfg, env)
         epoch0, step, best, best_epoch = state["epoch"], state["step"], state["best"], state["best_epoch"]
         scheduler.step(epoch0)
         scheduler.step_update(step)
