@@ -5,6 +5,15 @@ from .convbn import BNLinear, ConvBN, LinearBN, fold_bn, set_bn_frozen
 from .deploy import NORM_TYPES, is_deployed, make_bn_realistic, remaining_norms, reparameterize_model
 from .layers import ConvFFN, Residual, SqueezeExcite
 from .schedule import StepScheduled, scheduled_modules, set_step
+from .sparse import (
+    GradualPruner,
+    SparseConv2d,
+    SparseLinear,
+    make_pruner,
+    model_sparsity,
+    prune_magnitude,
+    sparsity_report,
+)
 
 __all__ = [
     "BNLinear",
@@ -12,18 +21,25 @@ __all__ = [
     "ConvBN",
     "ConvFFN",
     "EfficientViTBlock",
+    "GradualPruner",
     "LinearBN",
     "LocalWindowAttention",
     "NORM_TYPES",
     "Residual",
+    "SparseConv2d",
+    "SparseLinear",
     "SqueezeExcite",
     "StepScheduled",
     "fold_bn",
     "is_deployed",
     "make_bn_realistic",
+    "make_pruner",
+    "model_sparsity",
+    "prune_magnitude",
     "remaining_norms",
     "reparameterize_model",
     "scheduled_modules",
     "set_bn_frozen",
     "set_step",
+    "sparsity_report",
 ]
