@@ -11,6 +11,7 @@ from . import (
     efficientvit,  # noqa: F401  (registers the family)
     mobilenetv1,  # noqa: F401
     mobilenetv2,  # noqa: F401
+    sparse,  # noqa: F401
 )
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
