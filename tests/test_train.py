@@ -276,3 +276,26 @@ def test_bad_settings_are_clear_errors(folder, tmp_path) -> None:
         train.fit(tiny_config(folder, tmp_path / "x", freeze=("stem",)))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train.fit(tiny_config(folder, tmp_path / "x", resume=str(tmp_path / "missing")))
+
+
+def test_gradual_pruning_reaches_target_through_cli(folder, tmp_path) -> None:
+    """A dense checkpoint loaded into the sparse MobileNetV1 (dense masks), pruned to 75% over the first epoch."""
+    from blocks.sparse import sparsity_report
+    from train.cli import main
+
+    dense_model = zoo.create_model("mobilenetv1_100", num_classes=3)
+    dense = save_safetensors(dense_model.state_dict(), tmp_path / "d.safetensors")
+    out = tmp_path / "pruned"
+    args = ["--model", "sparse_mobilenetv1_100_s90", "--pretrained", str(dense), "--data", str(folder)]
+    args += ["--img-size", "32", "-b", "8", "--epochs", "2", "--warmup-epochs", "0", "-j", "0", "--threads", "1"]
+    args += ["--prune-to", "0.75", "--prune-start", "0", "--prune-end", "1ep", "--prune-freq", "2"]
+    assert main([*args, "--no-progress", "--no-plot", "--output", str(out)]) == 0
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert state["pruner"]["applied_step"] == state["pruner"]["end_step"] == 6  # 1ep = 48 / 8 steps
+    model = zoo.create_model("sparse_mobilenetv1_100_s90", num_classes=3, pretrained=str(out / "last.safetensors"))
+    report = sparsity_report(model)
+    assert len(report) == 13 and all(s == pytest.approx(0.75, abs=0.01) for s in report.values())
+    weights = load_file(out / "last.safetensors")
+    for name in report:
+        w, mask = weights[f"{name}.weight"], weights[f"{name}.mask"]
+        assert torch.count_nonzero(w * mask) == torch.count_nonzero(mask)  # the kept weights are live

@@ -52,3 +52,37 @@ def test_print_config_and_errors(capsys) -> None:
     assert "no recipe 'no_such_recipe'" in capsys.readouterr().err
     assert main(["--on-bad-image", "ignore"]) == 2
     assert "on_bad_image must be one of" in capsys.readouterr().err
+
+
+def test_randaugment_survives_its_top_magnitude() -> None:
+    """timm's posterize asks for 0 bits at magnitude 10 of 'inc1' policies, which Pillow >= 13 rejects."""
+    import random
+
+    from PIL import Image
+
+    from train.data import build_transforms
+
+    random.seed(0)
+    pre = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    train_tf, _ = build_transforms(TrainConfig(aa="rand-m10-n15-inc1"), pre, 16)
+    img = Image.new("RGB", (16, 16), (200, 100, 50))
+    assert all(train_tf(img).shape == (3, 16, 16) for _ in range(20))
+
+
+def test_dataset_selection_errors_and_class_alignment(tmp_path) -> None:
+    from PIL import Image
+
+    from train.data import build_datasets
+
+    with pytest.raises(ValueError, match="--data-dir"):
+        build_datasets(TrainConfig(data="cifar10"))
+    with pytest.raises(FileNotFoundError, match="--dataset-download"):
+        build_datasets(TrainConfig(data="torch/cifar100", data_dir=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="neither a directory"):
+        build_datasets(TrainConfig(data=str(tmp_path / "nope")))
+    for split, classes in (("train", ("a", "b", "c")), ("val", ("c",))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / c / "0.png")
+    data = build_datasets(TrainConfig(data=str(tmp_path)))
+    assert data.num_classes == 3 and data.val.samples[0][1] == 2  # 'c' keeps the training split's index
