@@ -8,16 +8,13 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from train_helpers import ROOT, cli_env, make_imagefolder, run_cli
 
-pytestmark = pytest.mark.xdist_group("train_process")
-
 # Every source of randomness on: augmentation (RandAugment, random erasing), mixup/cutmix, drop path, EMA.
 RANDOM_RUN = [
-    "--img-size", "16", "-b", "8", "--epochs", "4", "--warmup-epochs", "1", "--lr", "2e-3", "-j", "0",
+    "--img-size", "16", "-b", "8", "--epochs", "3", "--warmup-epochs", "1", "--lr", "2e-3", "-j", "0",
     "--threads", "1", "--deterministic", "--no-progress", "--no-plot", "--seed", "3",
     "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
     "--drop-path", "0.1", "--model-ema", "--model-ema-decay", "0.9",
@@ -37,13 +34,13 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path) -> None:
     cmd = [sys.executable, "-m", "train", *RANDOM_RUN, "--data", str(data), "--output", str(killed)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while len(_records(killed)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while not (killed / "last_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # mid-epoch 3, or while writing epoch 2's checkpoint: either must resume
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2 (or writing epoch 1's weights): the resume must not notice
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     state = torch.load(killed / "last_state.pt", weights_only=True)
-    assert 1 <= state["epoch"] < 4
+    assert 1 <= state["epoch"] < 3
     r = run_cli(["--resume", str(killed)])
     assert r.returncode == 0, r.stderr
     a, b = load_file(full / "last.safetensors"), load_file(killed / "last.safetensors")
@@ -52,7 +49,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path) -> None:
     eb = torch.load(killed / "last_state.pt", weights_only=True)["ema"]
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     ra, rb = _records(full), _records(killed)
-    assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rb] == [1, 2, 3]
     for x, y in zip(ra, rb):
         assert {k: x[k] for k in ("train_loss", "val_loss", "val_top1")} == {
             k: y[k] for k in ("train_loss", "val_loss", "val_top1")

@@ -43,7 +43,7 @@ def _device(requested: str, local_rank: int) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
+            raise ValueError(f"device {requested!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
