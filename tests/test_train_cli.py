@@ -45,7 +45,11 @@ def test_resume_takes_the_runs_config(tmp_path) -> None:
     assert (cfg.epochs, cfg.img_size, cfg.output, cfg.resume) == (8, 32, str(run), str(run))
 
 
-def test_print_config_and_errors(capsys) -> None:
+def test_print_config_help_and_errors(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "-b BATCH_SIZE, --batch-size BATCH_SIZE" in capsys.readouterr().out
     assert main(["--recipe", "digits", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["data"] == "digits"
     assert main(["--recipe", "no_such_recipe"]) == 2

@@ -54,13 +54,16 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -> None:
     flags = [*_ALIASES.get(f.name, []), "--" + f.name.replace("_", "-")]
-    kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+    # SUPPRESS: only flags actually given land in the namespace, so they override the recipe and nothing else does
+    kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
     tp, _ = _base_type(tp)
     origin = typing.get_origin(tp)
     if f.name in _OPTIONAL_VALUE:
         kw.update(nargs="?", const=_OPTIONAL_VALUE[f.name], metavar="VALUE")
     elif tp is bool:
-        kw["action"] = argparse.BooleanOptionalAction
+        kw["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
     elif origin is dict:
         kw.update(nargs="*", action=_KeyValue, metavar="KEY=VALUE")
     elif origin is tuple:
@@ -76,7 +79,6 @@ def build_parser(prog: str = "zoo train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train or fine-tune a zoo model (single process, or DDP under torchrun --nproc_per_node=N).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--recipe", help=f"TOML recipe file or shipped recipe name ({', '.join(list_recipes())}); flags override it"
