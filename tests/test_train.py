@@ -228,23 +228,31 @@ def test_timm_teacher_and_classifier_mismatch(tmp_path) -> None:
         build_teacher(bad, 3, torch.device("cpu"))
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(folder, tmp_path, monkeypatch) -> None:
-    calls = {"n": 0}
+@pytest.mark.parametrize(
+    ("poisoned", "message"),
+    [
+        ("train", r"training loss at epoch 2, step 8 is nan.*last_state\.pt"),  # epoch 2's 2nd step (6 per epoch)
+        ("eval", r"validation loss after epoch 2 is nan"),  # one val batch per epoch: weights gone bad
+    ],
+)
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(folder, tmp_path, monkeypatch, poisoned, message) -> None:
+    calls = {"train": 0, "eval": 0}
     real = train.loop.build_model
 
     def build(cfg, num_classes):
         model = real(cfg, num_classes)
 
         def poison(module, args, output):
-            calls["n"] += module.training
-            return output * float("nan") if calls["n"] > 7 else output  # epoch 2's second step (6 per epoch)
+            mode = "train" if module.training else "eval"
+            calls[mode] += 1
+            return output * float("nan") if mode == poisoned and calls[mode] > (7 if mode == "train" else 1) else output
 
         model.register_forward_hook(poison)
         return model
 
     monkeypatch.setattr(train.loop, "build_model", build)
     out = tmp_path / "run"
-    with pytest.raises(train.NonFiniteLossError, match=r"loss is nan at .*epoch 2.*last_state\.pt"):
+    with pytest.raises(train.NonFiniteLossError, match=message):
         train.fit(tiny_config(folder, out, epochs=3, log_interval=1))
     assert torch.load(out / STATE_FILE, weights_only=True)["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in load_file(out / "last.safetensors").values())

@@ -100,17 +100,21 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: Any, model: nn.Mod
     optimizer.zero_grad(set_to_none=True)
 
 
-def _check_finite(loss_sum: torch.Tensor, count: int, env: DistEnv, where: str, output: Path) -> float:
-    """Mean loss so far; raises when it is NaN/inf. Summed over ranks so that every rank stops at the same step."""
-    total, n = all_sum(env, [loss_sum.item(), float(count)])
-    mean = total / max(n, 1.0)
-    if not math.isfinite(mean):
+def _check_finite(value: float, where: str, output: Path) -> float:
+    """``value`` unless it is NaN/inf, in which case the run stops before anything is written."""
+    if not math.isfinite(value):
         kept = output / ckpt.STATE_FILE
         raise NonFiniteLossError(
-            f"loss is {mean} at {where}; stopped. The last good checkpoint is kept: "
+            f"{where} is {value}; stopped. The last good checkpoint is kept: "
             f"{kept if kept.exists() else '(none written yet)'}. Try a lower --lr, --clip-grad or --amp-dtype bfloat16."
         )
-    return mean
+    return value
+
+
+def _mean_loss(loss_sum: torch.Tensor, count: int, env: DistEnv) -> float:
+    """Mean training loss so far over all ranks (so that every rank sees a NaN at the same step and stops together)."""
+    total, n = all_sum(env, [loss_sum.item(), float(count)])
+    return total / max(n, 1.0)
 
 
 def fit(config: TrainConfig) -> dict[str, Any]:
@@ -297,6 +301,7 @@ def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         net.train()
         run.refreeze()  # model.train() put frozen bare BatchNorms back in training mode
         loss_sum, seen, n_batches = torch.zeros((), device=env.device), 0, len(run.train_loader)
+        lr = optimizer.param_groups[0]["lr"]
         show = cfg.progress and env.is_main
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{run.num_epochs}", disable=not show, leave=False)
         t0 = time.perf_counter()
@@ -319,20 +324,21 @@ def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             loss_sum += loss.detach() * x.shape[0]  # no .item() here: a host sync every step would cost throughput
             seen += x.shape[0]
             if boundary:
+                lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (recorded below)
                 _optimizer_step(optimizer, scaler, model, cfg)
                 step += 1
                 scheduler.step_update(num_updates=step)
                 if ema is not None:
                     ema.update(model, step=step)
                 if step % cfg.log_interval == 0:
-                    mean = _check_finite(loss_sum, seen, env, f"epoch {epoch + 1}, step {step}", out)
+                    mean = _mean_loss(loss_sum, seen, env)
+                    _check_finite(mean, f"the training loss at epoch {epoch + 1}, step {step}", out)
                     ips = seen * env.world / (time.perf_counter() - t0)
-                    lr = optimizer.param_groups[0]["lr"]
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
             bar.update(1)
         bar.close()
         train_time = time.perf_counter() - t0
-        train_loss = _check_finite(loss_sum, seen, env, f"the end of epoch {epoch + 1}", out)
+        train_loss = _check_finite(_mean_loss(loss_sum, seen, env), f"the training loss of epoch {epoch + 1}", out)
         images = all_sum(env, [float(seen)])[0]
         scheduler.step(epoch + 1)
 
@@ -340,6 +346,7 @@ def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         _distribute_bn(run, cfg, env)
         eval_model = ema.module if ema is not None else model
         val = evaluate(eval_model, run.val_loader, env, run.autocast, cfg.on_bad_image, cfg.channels_last)
+        _check_finite(val["val_loss"], f"the validation loss after epoch {epoch + 1}", out)  # NaN weights: no save
         metric = val[f"val_{cfg.eval_metric}"]
         improved = best is None or (metric > best if higher_better else metric < best)
         if improved:
@@ -349,7 +356,7 @@ def _fit(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             "step": step,
             "train_loss": train_loss,
             **val,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "img_per_s": images / train_time,
             "epoch_time_s": time.perf_counter() - t0,
             "evaluated": "ema" if ema is not None else "model",
