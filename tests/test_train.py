@@ -141,7 +141,8 @@ def test_finetune_frozen_backbone_new_classes(folder, tmp_path, monkeypatch) -> 
     assert after["head.linear.weight"].shape == (3, 192)
     model = built[0]
     assert model.patch_embed.conv1.mode == "tune" and not model.patch_embed.conv1.conv.weight.requires_grad
-    assert model.head.bn.training is False or model.head.linear.weight.requires_grad
+    assert model.head.linear.weight.requires_grad
+    assert not torch.equal(after["head.bn.running_var"], torch.ones(192))  # the head (and its BN) trained
 
 
 def test_features_amp_ema_accum_channels_last(folder, tmp_path) -> None:

@@ -52,14 +52,13 @@ def tiny_config(data: Path, output: Path, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def run_cli(args: list[str], module: str = "train", timeout: int = 240, **popen) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` from the repository root with this checkout on the path."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def cli_env() -> dict[str, str]:
-    """Environment for subprocesses that import this checkout."""
+    """Environment for subprocesses that import this checkout (one thread each: tests run two workers)."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(args: list[str], module: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` from the repository root with this checkout on the path."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )

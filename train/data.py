@@ -72,7 +72,7 @@ class DigitsDataset(Dataset):
         tr, va = train_test_split(idx, test_size=0.2, random_state=0, stratify=digits.target)
         keep = tr if split == "train" else va
         pixels = (digits.images[keep] * (255.0 / 16.0)).round().astype("uint8")
-        self.images = [Image.fromarray(p, mode="L").convert("RGB") for p in pixels]
+        self.images = [Image.fromarray(p).convert("RGB") for p in pixels]  # uint8 (8, 8): grayscale
         self.targets = [int(t) for t in digits.target[keep]]
         self.classes = [str(i) for i in range(10)]
         self.transform = transform
