@@ -156,20 +156,26 @@ def compute_mask(
 class KernelCostModel:
     """Latency model (microseconds) of a ``(out, in)`` weight applied to ``cols`` activation columns on CPU.
 
-    ``dense = dense_fixed + out * in * cols / dense_macs_per_us`` and
+    ``dense = dense_fixed + out * in * cols / dense_macs_per_us + (in + out) * cols / dense_elems_per_us`` (the
+    last term: small-channel 1x1 convolutions are bound by moving activations, not by arithmetic) and
     ``sparse = sparse_fixed + nnz * cols / sparse_macs_per_us + out * cols / sparse_outputs_per_us``.
-    Calibrated with ``benchmarks/sparse.py --calibrate`` (see MODEL_CARDS.md for the numbers it measured).
+    Fitted by ``benchmarks/sparse.py --calibrate`` (weighted non-negative least squares; see MODEL_CARDS.md).
     """
 
     dense_fixed: float
     dense_macs_per_us: float
+    dense_elems_per_us: float
     sparse_fixed: float
     sparse_macs_per_us: float
     sparse_outputs_per_us: float
 
     def dense_us(self, out_f: int, in_f: int, cols: int) -> float:
         """Predicted dense latency."""
-        return self.dense_fixed + out_f * in_f * cols / self.dense_macs_per_us
+        return (
+            self.dense_fixed
+            + out_f * in_f * cols / self.dense_macs_per_us
+            + (in_f + out_f) * cols / (self.dense_elems_per_us)
+        )
 
     def sparse_us(self, out_f: int, nnz: int, cols: int) -> float:
         """Predicted CSR latency."""
@@ -178,11 +184,12 @@ class KernelCostModel:
 
 #: Calibrated on this project's 2-core x86 machine, 2 threads, torch 2.14 CPU (MKL sparse BLAS, oneDNN convolution).
 COST_MODEL = KernelCostModel(
-    dense_fixed=12.0,
-    dense_macs_per_us=25_000.0,
-    sparse_fixed=8.0,
-    sparse_macs_per_us=6_000.0,
-    sparse_outputs_per_us=8e4,
+    dense_fixed=5.0,
+    dense_macs_per_us=120_000.0,
+    dense_elems_per_us=3_000.0,
+    sparse_fixed=9.0,
+    sparse_macs_per_us=25_000.0,
+    sparse_outputs_per_us=10_000.0,
 )
 
 
@@ -228,6 +235,10 @@ class _MaskedWeight:
         self.pattern = pattern
         self.deployed = False
         self._csr: tuple[Any, ...] | None = None
+
+    def extra_repr(self) -> str:
+        extra = f"sparsity={self.sparsity:.3f}" + (f", pattern={self.pattern}" if self.pattern else "")
+        return f"{super().extra_repr()}, {extra}"  # type: ignore[misc]
 
     @property
     def sparsity(self) -> float:
