@@ -156,20 +156,26 @@ def compute_mask(
 class KernelCostModel:
     """Latency model (microseconds) of a ``(out, in)`` weight applied to ``cols`` activation columns on CPU.
 
-    ``dense = dense_fixed + out * in * cols / dense_macs_per_us`` and
+    ``dense = dense_fixed + out * in * cols / dense_macs_per_us + (in + out) * cols / dense_elems_per_us`` (the
+    last term: small-channel 1x1 convolutions are bound by moving activations, not by arithmetic) and
     ``sparse = sparse_fixed + nnz * cols / sparse_macs_per_us + out * cols / sparse_outputs_per_us``.
-    Calibrated with ``benchmarks/sparse.py --calibrate`` (see MODEL_CARDS.md for the numbers it measured).
+    Fitted by ``benchmarks/sparse.py --calibrate`` (weighted non-negative least squares; see MODEL_CARDS.md).
     """
 
     dense_fixed: float
     dense_macs_per_us: float
+    dense_elems_per_us: float
     sparse_fixed: float
     sparse_macs_per_us: float
     sparse_outputs_per_us: float
 
     def dense_us(self, out_f: int, in_f: int, cols: int) -> float:
         """Predicted dense latency."""
-        return self.dense_fixed + out_f * in_f * cols / self.dense_macs_per_us
+        return (
+            self.dense_fixed
+            + out_f * in_f * cols / self.dense_macs_per_us
+            + (in_f + out_f) * cols / (self.dense_elems_per_us)
+        )
 
     def sparse_us(self, out_f: int, nnz: int, cols: int) -> float:
         """Predicted CSR latency."""
@@ -178,11 +184,12 @@ class KernelCostModel:
 
 #: Calibrated on this project's 2-core x86 machine, 2 threads, torch 2.14 CPU (MKL sparse BLAS, oneDNN convolution).
 COST_MODEL = KernelCostModel(
-    dense_fixed=12.0,
-    dense_macs_per_us=25_000.0,
-    sparse_fixed=8.0,
-    sparse_macs_per_us=6_000.0,
-    sparse_outputs_per_us=8e4,
+    dense_fixed=5.0,
+    dense_macs_per_us=120_000.0,
+    dense_elems_per_us=3_000.0,
+    sparse_fixed=9.0,
+    sparse_macs_per_us=25_000.0,
+    sparse_outputs_per_us=10_000.0,
 )
 
 
@@ -229,6 +236,10 @@ class _MaskedWeight:
         self.deployed = False
         self._csr: tuple[Any, ...] | None = None
 
+    def extra_repr(self) -> str:
+        extra = f"sparsity={self.sparsity:.3f}" + (f", pattern={self.pattern}" if self.pattern else "")
+        return f"{super().extra_repr()}, {extra}"  # type: ignore[misc]
+
     @property
     def sparsity(self) -> float:
         """Fraction of pruned weights."""
@@ -267,18 +278,31 @@ class _MaskedWeight:
 
     def _csr_weight(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(csr_weight, bias_column, nnz)`` of the current weight, rebuilt when the weight changes."""
-        key = tuple(
-            (t.data_ptr(), None if t.is_inference() else t._version) for t in (self.weight, self.bias) if t is not None
+        w, b = self.weight, self.bias
+        key = (
+            w.data_ptr(),
+            None if w.is_inference() else w._version,
+            None if b is None or b.is_inference() else b._version,
         )
         if self._csr is None or self._csr[0] != key:
-            w = self.weight_matrix().detach()
+            mat = self.weight_matrix().detach()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
-                csr = w.to_sparse_csr()
-            out_f = w.shape[0]
-            b = self.bias.detach() if self.bias is not None else w.new_zeros(out_f)
-            self._csr = (key, csr, b.view(out_f, 1).clone(), csr.values().numel())  # out -> out, 1
+                csr = mat.to_sparse_csr()
+            out_f = mat.shape[0]
+            bias = b.detach().view(out_f, 1).clone() if b is not None else mat.new_zeros(out_f, 1)  # out -> out, 1
+            self._csr = (key, csr, bias, csr.values().numel(), {})
         return self._csr[1], self._csr[2], self._csr[3]
+
+    def _sparse_plan(self, cols: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(csr_weight, bias_column)`` when the cost model picks the sparse kernel for ``cols`` columns (cached)."""
+        csr, bias, nnz = self._csr_weight()
+        decisions = self._csr[4]
+        use = decisions.get(cols)
+        if use is None:
+            out_f, in_f = self.weight_matrix().shape
+            use = decisions[cols] = sparse_kernel_is_faster(out_f, in_f, nnz, cols)
+        return (csr, bias) if use else None
 
     def _kernel_applies(self, x: torch.Tensor) -> bool:
         """Sparse kernel preconditions that do not depend on the cost model."""
@@ -353,17 +377,18 @@ class SparseConv2d(_MaskedWeight, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1) and self._kernel_applies(x):
-            b, c, h, w = x.shape
-            csr, bias, nnz = self._csr_weight()
-            if sparse_kernel_is_faster(self.out_channels, c, nnz, h * w):
-                return self._sparse_forward(x.contiguous(), csr, bias)
+            plan = self._sparse_plan(x.shape[2] * x.shape[3])
+            if plan is not None:
+                return self._sparse_forward(x, *plan)
         return self._conv_forward(x, self.weight, self.bias)
 
     def _sparse_forward(self, x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
+        if b == 1:
+            return torch.addmm(bias, csr, x.reshape(c, h * w)).view(1, -1, h, w)  # (out, in) x (in, HW) -> 1, out, H, W
         out = x.new_empty(b, self.out_channels, h, w)
         for i in range(b):  # one (out, in) x (in, H*W) product per sample: NCHW needs no transposition
-            torch.addmm(bias, csr, x[i].view(c, h * w), out=out[i].view(self.out_channels, h * w))
+            torch.addmm(bias, csr, x[i].reshape(c, h * w), out=out[i].view(self.out_channels, h * w))
         return out
 
     @torch.no_grad()
@@ -397,9 +422,9 @@ class SparseLinear(_MaskedWeight, nn.Linear):
         if self.deployed:
             if self._kernel_applies(x):
                 rows = x.reshape(-1, self.in_features)  # ..., in -> N, in
-                csr, bias, nnz = self._csr_weight()
-                if sparse_kernel_is_faster(self.out_features, self.in_features, nnz, rows.shape[0]):
-                    out = torch.addmm(bias, csr, rows.t())  # (out, in) x (in, N) -> out, N
+                plan = self._sparse_plan(rows.shape[0])
+                if plan is not None:
+                    out = torch.addmm(plan[1], plan[0], rows.t())  # (out, in) x (in, N) -> out, N
                     return out.t().reshape(*x.shape[:-1], self.out_features)  # out, N -> ..., out
             return F.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight * self.mask, self.bias)
