@@ -25,15 +25,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -k "not registry" -p no:cacheprovider
 
-# The main job: a model on the bundled dataset, exported with parity checked.
+# The main job: train EfficientViT-M0 (64 px) on the bundled digits (about a minute on 2 cores, >= 95% top-1),
+# check the best checkpoint with zoo validate, then export it.
 demo: $(STAMP)
 	$(BIN)/zoo info efficientvit_m0
-	$(BIN)/python -c "import torch, zoo, blocks, export; \
-m = blocks.reparameterize_model(zoo.create_model('efficientvit_m0')); \
-r = export.export_onnx(m, 'out/demo/efficientvit_m0.onnx', (3, 224, 224), dynamic_batch=True); \
-x = torch.randn(2, 3, 224, 224); \
-err = (export.run_onnx(r['path'], x) - m(x)).abs().max().item(); \
-print(f\"wrote {r['path']} ({r['exporter']} exporter), onnxruntime max abs diff {err:.2e}\")"
+	$(BIN)/zoo train --recipe digits --output out/demo/train
+	$(BIN)/zoo validate --checkpoint out/demo/train/best.safetensors --data digits
+	# --- export (issue 7): runs once `zoo export` is installed; until then the demo stops after training ---
+	if $(BIN)/python -c "import export.cli" 2>/dev/null; then $(BIN)/zoo export --model efficientvit_m0 --checkpoint out/demo/train/best.safetensors --formats onnx,coreml,onnx-int8,ort --fold-input-norm --calib-data digits --imgsz 64 --out out/demo/export; else echo "zoo export not available yet: stopping after training"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,7 +6,13 @@
 ['efficientvit_m0', 'efficientvit_m1']
 """
 
-from . import efficientvit  # noqa: F401  (registers the family)
+from . import (
+    efficientnet,  # noqa: F401
+    efficientvit,  # noqa: F401  (registers the family)
+    mobilenetv1,  # noqa: F401
+    mobilenetv2,  # noqa: F401
+    sparse,  # noqa: F401
+)
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
 from .registry import (

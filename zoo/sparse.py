@@ -1,0 +1,176 @@
+"""Fast Sparse ConvNets: MobileNetV1/V2 and EfficientNet with sparse 1x1 convolutions.
+
+Paper: "Fast Sparse ConvNets", Erich Elsen, Marat Dukhan, Trevor Gale, Karen Simonyan, CVPR 2020, arXiv 1911.09723.
+Origin: google-research/google-research ``fastconvnets`` (Apache-2.0): TF-Lite models only, run with XNNPACK's
+sparse kernels. The architectures are the dense families' (``zoo/mobilenetv1.py``, ``zoo/mobilenetv2.py``,
+``zoo/efficientnet.py``, timm-compatible) built with ``pw_conv_layer=SparseConv2d`` (and for EfficientNets
+``classifier_layer=SparseLinear``); see ``blocks/sparse.py`` for the layers, the pruners and the deploy kernel.
+
+Which layers are sparse (the authors' ``fastconvnets/README.md`` and model file names):
+
+* MobileNetV1 (``mbv1_*_90_12b4``): every 1x1 conv, unstructured, except the last depthwise-separable block (12,
+  counting from 0), whose 1x1 conv has blocks of 4 output channels; stem, depthwise convs and classifier dense;
+* MobileNetV2 1.4 (``mbv2_140_85_11-16b2``): every 1x1 conv (expansion, projection, head), unstructured, with blocks
+  of 2 output channels in inverted-residual blocks 11-16; stem, depthwise convs and classifier dense;
+* MobileNetV2 1.0 (``mbv2ca_100_85_none``): unstructured throughout;
+* EfficientNet-B0/B1 (``enb0_80_none``, ``enb1_85_none``): every 1x1 conv and the classifier, unstructured.
+
+Models are created with the target sparsity applied: random masks (uniform over the units of each layer, every
+sparse layer at the same sparsity), so that the deploy path and the benchmark are real before any training. A
+dense checkpoint (timm's, or this zoo's dense family) loads with dense masks (``mask = weight != 0``); prune it with
+``blocks.prune_magnitude`` (one shot) or ``blocks.make_pruner`` (gradual, the paper's Zhu & Gupta recipe).
+
+Deviations from the original:
+* no released weights: the authors published TF-Lite files only (and no training code);
+* ``sparse_mobilenetv2_100_s85`` is plain MobileNetV2 1.0; the paper's 1.0 model is a "cache-aware" variant whose
+  changed layer widths are not given in the release;
+* the squeeze-excitation 1x1 convs of the EfficientNets stay dense (they act on a 1x1 map, ~0.5% of the MACs;
+  whether the authors pruned them is not published), and the MobileNetV2/EfficientNet head conv is sparse;
+* block sparsity is applied to the same layers, but its orientation (consecutive output channels at one input channel)
+  follows XNNPACK's sparse kernels, which is what the paper's "block size" means for its inference engine;
+* the pruning schedule (begin/end step, frequency) is not published; ``blocks.make_pruner`` takes it as arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blocks import SparseConv2d, SparseLinear
+from blocks.sparse import prune_random
+
+from .efficientnet import efficientnet_cfg
+from .irnet import InvertedResidualNet, IRNetCfg, convert_timm_layout
+from .mobilenetv1 import mobilenetv1_cfg
+from .mobilenetv2 import mobilenetv2_cfg
+from .registry import Family, Paper, PretrainedCfg, Reported
+
+__all__ = ["sparse_irnet", "convert_dense", "convert_dense_sparse_fc"]
+
+
+def sparse_irnet(
+    cfg: IRNetCfg,
+    sparsity: float,
+    sparse_classifier: bool = False,
+    block_pattern: tuple[str, int] | None = None,
+    **kwargs,
+) -> InvertedResidualNet:
+    """An inverted-residual network with sparse 1x1 convs (and classifier), random masks at ``sparsity``.
+
+    Args:
+        cfg: the dense architecture.
+        sparsity: per-layer sparsity of the random masks.
+        sparse_classifier: make the classifier a :class:`blocks.SparseLinear` too (the EfficientNets).
+        block_pattern: ``(pattern, first)``: the 1x1 convs of blocks ``first`` and later (counted over all stages
+            from 0) get the structured ``pattern`` (e.g. ``("block4", 12)``).
+        **kwargs: the model's constructor arguments (``num_classes``, ``drop_rate``, ...).
+    """
+    linear = SparseLinear if sparse_classifier else nn.Linear
+    model = InvertedResidualNet(cfg, pw_conv_layer=SparseConv2d, classifier_layer=linear, **kwargs)
+    if block_pattern is not None:
+        pattern, first = block_pattern
+        flat = [block for stage in model.blocks for block in stage]
+        for block in flat[first:]:
+            for m in block.modules():
+                if isinstance(m, SparseConv2d):
+                    m.pattern = pattern
+    prune_random(model, sparsity)
+    return model
+
+
+def _dense_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our dense families' layout from timm's or our own (timm's is recognised by its ``conv_stem``)."""
+    return convert_timm_layout(state_dict) if "conv_stem.weight" in state_dict else dict(state_dict)
+
+
+def _add_masks(state_dict: dict[str, torch.Tensor], sparse_fc: bool) -> dict[str, torch.Tensor]:
+    out = _dense_keys(state_dict)
+    if any(k.endswith(".mask") for k in out):
+        raise KeyError("already has masks")
+    for key, w in list(out.items()):
+        is_pw = key.endswith(".conv.weight") and w.dim() == 4 and w.shape[2:] == (1, 1)  # not stem, dw or SE convs
+        if is_pw or (sparse_fc and key == "classifier.weight"):
+            out[key[: -len("weight")] + "mask"] = w != 0
+    return out
+
+
+def convert_dense(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A dense MobileNet checkpoint (timm's or ours) with masks ``weight != 0`` for the sparse 1x1 convs. Pure."""
+    return _add_masks(state_dict, sparse_fc=False)
+
+
+def convert_dense_sparse_fc(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """As :func:`convert_dense`, with a classifier mask too (the sparse EfficientNets). Pure."""
+    return _add_masks(state_dict, sparse_fc=True)
+
+
+_SRC = "Fast Sparse ConvNets, fastconvnets/README.md (TF-Lite, SD835 single core, XNNPACK)"
+_REPORTED = {
+    "sparse_mobilenetv1_075_s90": Reported(top1=64.4, latency="SD835 21 ms", source=_SRC),
+    "sparse_mobilenetv1_100_s90": Reported(top1=68.4, latency="SD835 31 ms", source=_SRC),
+    "sparse_mobilenetv1_140_s90": Reported(top1=72.0, latency="SD835 58 ms", source=_SRC),
+    "sparse_mobilenetv2_100_s85": Reported(top1=69.7, latency="SD835 33 ms (cache-aware MobileNetV2)", source=_SRC),
+    "sparse_mobilenetv2_140_s85": Reported(top1=72.0, latency="SD835 54 ms", source=_SRC),
+    "sparse_efficientnet_b0_s80": Reported(top1=75.1, latency="SD835 80 ms", source=_SRC),
+    "sparse_efficientnet_b1_s85": Reported(top1=76.7, resolution=240, latency="SD835 110 ms", source=_SRC),
+}
+
+FAMILY = Family(
+    name="sparse",
+    paper=Paper(
+        title="Fast Sparse ConvNets",
+        arxiv="1911.09723",
+        venue="CVPR 2020",
+        repo="https://github.com/google-research/google-research/tree/master/fastconvnets",
+        code_license="Apache-2.0",
+        weights_license="Apache-2.0 (TF-Lite files only)",
+    ),
+    model_cls=InvertedResidualNet,
+    default_cfg=PretrainedCfg(first_conv="stem.conv", classifier=("classifier",)),
+    converters={"dense": convert_dense, "dense_sparse_fc": convert_dense_sparse_fc},
+    reported=_REPORTED,
+    blocks=("ConvBN", "DepthwiseSeparable", "InvertedResidual", "SqueezeExcite", "SparseConv2d", "SparseLinear"),
+    remaining_norms=(),
+)
+
+
+@FAMILY.register
+def sparse_mobilenetv1_075_s90(**kwargs) -> InvertedResidualNet:
+    """MobileNetV1 0.75, 90% sparse 1x1 convs, block 4 in the last block."""
+    return sparse_irnet(mobilenetv1_cfg(0.75), 0.90, block_pattern=("block4", 12), **kwargs)
+
+
+@FAMILY.register
+def sparse_mobilenetv1_100_s90(**kwargs) -> InvertedResidualNet:
+    """MobileNetV1 1.0, 90% sparse 1x1 convs, block 4 in the last block."""
+    return sparse_irnet(mobilenetv1_cfg(1.0), 0.90, block_pattern=("block4", 12), **kwargs)
+
+
+@FAMILY.register
+def sparse_mobilenetv1_140_s90(**kwargs) -> InvertedResidualNet:
+    """MobileNetV1 1.4, 90% sparse 1x1 convs, block 4 in the last block."""
+    return sparse_irnet(mobilenetv1_cfg(1.4), 0.90, block_pattern=("block4", 12), **kwargs)
+
+
+@FAMILY.register
+def sparse_mobilenetv2_100_s85(**kwargs) -> InvertedResidualNet:
+    """MobileNetV2 1.0, 85% sparse 1x1 convs, unstructured."""
+    return sparse_irnet(mobilenetv2_cfg(1.0), 0.85, **kwargs)
+
+
+@FAMILY.register
+def sparse_mobilenetv2_140_s85(**kwargs) -> InvertedResidualNet:
+    """MobileNetV2 1.4, 85% sparse 1x1 convs, block 2 from inverted-residual block 11."""
+    return sparse_irnet(mobilenetv2_cfg(1.4), 0.85, block_pattern=("block2", 11), **kwargs)
+
+
+@FAMILY.register
+def sparse_efficientnet_b0_s80(**kwargs) -> InvertedResidualNet:
+    """EfficientNet-B0, 80% sparse 1x1 convs and classifier, unstructured."""
+    return sparse_irnet(efficientnet_cfg(1.0, 1.0), 0.80, sparse_classifier=True, **kwargs)
+
+
+@FAMILY.register(input_size=(3, 240, 240), crop_pct=0.9)
+def sparse_efficientnet_b1_s85(**kwargs) -> InvertedResidualNet:
+    """EfficientNet-B1, 85% sparse 1x1 convs and classifier, unstructured."""
+    return sparse_irnet(efficientnet_cfg(1.0, 1.1), 0.85, sparse_classifier=True, **kwargs)
