@@ -6,6 +6,7 @@ import collections
 import os
 import urllib.error
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,6 +169,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path) -> None:
         weights.atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    weights.atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"new"))
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o044, "written files must be readable like any other file"
 
 
 def test_no_warning_when_classes_match(state, tmp_path) -> None:
