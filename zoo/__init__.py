@@ -6,7 +6,9 @@
 ['efficientvit_m0', 'efficientvit_m1']
 """
 
+from . import efficientmod  # noqa: F401, I001  (registers the family; one line per family)
 from . import efficientvit  # noqa: F401  (registers the family)
+from . import vovnet  # noqa: F401  (registers the family)
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
 from .registry import (
