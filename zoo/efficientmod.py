@@ -223,15 +223,16 @@ _FOLDERS = {
 }
 _TOP1 = {"efficientmod_xxs": 77.1, "efficientmod_xs": 79.4, "efficientmod_s": 81.9, "efficientmod_s_conv": 80.5}
 _LIC = "Apache-2.0 (repository licence)"
-_KD = "ma-xu/EfficientMod (authors), ImageNet-1k, 300 epochs, soft KD from RegNetY-160 (Google Drive folder)"
+_SRC = "ma-xu/EfficientMod (authors), ImageNet-1k, 300 epochs, {} (Google Drive folder: download by hand)"
+# the README marks s-Conv "No Distill."; its 80.5 is the paper's no-KD number
+_KD = {name: "soft KD from RegNetY-160" for name in _TOP1} | {"efficientmod_s_conv": "no KD"}
 _WEIGHTS = {
     name: WeightSpec(
         f"https://drive.google.com/drive/folders/{folder}",
         "original",
         filename=f"{name}.pth.tar",
         license=_LIC,
-        # the README marks s-Conv "No Distill."; its 80.5 equals the paper's no-KD number
-        source=_KD if name != "efficientmod_s_conv" else _KD.replace(", soft KD from RegNetY-160", ", no KD"),
+        source=_SRC.format(_KD[name]),
         top1=_TOP1[name],
     )
     for name, folder in _FOLDERS.items()
