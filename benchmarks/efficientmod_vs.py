@@ -7,6 +7,9 @@ ratios of each candidate's median latency to ours in the same runtime, with para
 (``zoo.count_macs``, which, like the paper's fvcore count, misses EfficientMod's attention products: 85 M MACs).
 
     python benchmarks/efficientmod_vs.py --min-seconds 2 --out out/benchmarks/efficientmod_vs.csv
+
+On a shared machine with more busy threads than cores, run it (and ``vs_timm.py``) with ``OMP_WAIT_POLICY=PASSIVE``:
+spinning OpenMP threads that get descheduled otherwise inflate the eager latencies by tens of times.
 """
 
 from __future__ import annotations
