@@ -61,6 +61,9 @@ def fetch_weights(spec: WeightSpec, progress: bool = True, timeout: float = 30.0
         return path
     try:
         with urllib.request.urlopen(spec.url, timeout=timeout) as resp:  # noqa: S310 (https URLs from the table)
+            if (resp.headers.get("Content-Type") or "").startswith("text/html"):
+                # e.g. a Google Drive folder: a page to download the file from by hand, not the file itself
+                raise OSError("the address serves a web page, not a checkpoint file; download the file from it")
             total = int(resp.headers.get("Content-Length") or 0)
 
             def write(tmp: str) -> None:

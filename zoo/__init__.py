@@ -6,12 +6,14 @@
 ['efficientvit_m0', 'efficientvit_m1']
 """
 
-from . import (
-    efficientnet,  # noqa: F401
-    efficientvit,  # noqa: F401  (registers the family)
-    mobilenetv1,  # noqa: F401
-    mobilenetv2,  # noqa: F401
-    sparse,  # noqa: F401
+from . import (  # noqa: F401  (importing a family module registers it)
+    efficientmod,
+    efficientnet,
+    efficientvit,
+    mobilenetv1,
+    mobilenetv2,
+    sparse,
+    vovnet,
 )
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
