@@ -6,7 +6,12 @@
 ['efficientvit_m0', 'efficientvit_m1']
 """
 
-from . import efficientvit  # noqa: F401  (registers the family)
+from . import (
+    efficientformer,  # noqa: F401
+    efficientvit,  # noqa: F401  (registers the family)
+    resnet_rs,  # noqa: F401
+    simplenet,  # noqa: F401
+)
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
 from .registry import (
