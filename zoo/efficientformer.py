@@ -348,7 +348,12 @@ class EfficientFormer(nn.Module):
     def _init_weights(self) -> None:
         """The original's init: truncated normal (std 0.02) for linear layers and MLP convs, zero biases."""
         for m in self.modules():
-            layers = [m] if isinstance(m, nn.Linear) else [m.fc1.conv, m.fc2.conv] if isinstance(m, ConvMlp) else []
+            if isinstance(m, nn.Linear):
+                layers = [m]
+            elif isinstance(m, ConvMlp):
+                layers = [m.fc1.conv, m.fc2.conv]
+            else:
+                continue
             for layer in layers:
                 trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
