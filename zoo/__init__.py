@@ -7,11 +7,14 @@
 """
 
 from . import (  # noqa: F401  (importing a family module registers it)
+    efficientformer,
     efficientmod,
     efficientnet,
     efficientvit,
     mobilenetv1,
     mobilenetv2,
+    resnet_rs,
+    simplenet,
     sparse,
     vovnet,
 )
