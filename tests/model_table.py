@@ -17,9 +17,13 @@ DEFAULTS: dict[str, Any] = {"create": {}, "input_size": None, "tol": 1e-4}
 
 QUIRKS: dict[str, dict[str, Any]] = {
     # EfficientViT's geometry is fixed by img_size; 224 is cheap enough for all six.
-    # Inverted-residual conv nets take any input size; 96 px keeps the registry tests fast.
-    "mobilenetv[12]_*": {"input_size": (3, 96, 96)},
-    "efficientnet_b[0-9]": {"input_size": (3, 96, 96)},
+    # Inverted-residual conv nets take any input size; 64 px (2x2 final maps) keeps the registry tests fast.
+    "mobilenetv[12]_*": {"input_size": (3, 64, 64)},
+    "efficientnet_b[0-9]": {"input_size": (3, 64, 64)},
+    "tinynet_[a-e]": {"input_size": (3, 64, 64)},
+    "fbnet[abc]_100": {"input_size": (3, 64, 64)},
+    "proxylessnas_*": {"input_size": (3, 64, 64)},
+    "spnasnet_100": {"input_size": (3, 64, 64)},
 }
 
 

@@ -9,8 +9,12 @@
 from . import (
     efficientnet,  # noqa: F401
     efficientvit,  # noqa: F401  (registers the family)
+    fbnet,  # noqa: F401
     mobilenetv1,  # noqa: F401
     mobilenetv2,  # noqa: F401
+    proxylessnas,  # noqa: F401
+    spnasnet,  # noqa: F401
+    tinynet,  # noqa: F401
 )
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
