@@ -232,6 +232,7 @@ class DepthwiseSeparable(nn.Module):
         skip: add the input when stride is 1 and ``in_chs == out_chs``.
         drop_path: stochastic-depth rate of the skip branch.
         bn_eps: BatchNorm epsilon.
+        bias: give the convs their own bias (FBNet's mobile-vision release; folded at deploy either way).
         pw_conv_layer: Conv2d type of the pointwise conv.
     """
 
@@ -247,15 +248,16 @@ class DepthwiseSeparable(nn.Module):
         skip: bool = True,
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
+        bias: bool = False,
         pw_conv_layer: type[nn.Conv2d] = nn.Conv2d,
     ) -> None:
         super().__init__()
         self.has_skip = skip and stride == 1 and in_chs == out_chs
-        self.conv_dw = ConvBN(in_chs, in_chs, kernel, stride, groups=in_chs, act_layer=act_layer, bn_eps=bn_eps)
+        norm = {"bn_eps": bn_eps, "bias": bias}
+        self.conv_dw = ConvBN(in_chs, in_chs, kernel, stride, groups=in_chs, act_layer=act_layer, **norm)
         self.se = _se(in_chs, se_chs, act_layer)
-        self.conv_pw = ConvBN(
-            in_chs, out_chs, act_layer=act_layer if pw_act else None, bn_eps=bn_eps, conv_layer=pw_conv_layer
-        )
+        pw_act_layer = act_layer if pw_act else None
+        self.conv_pw = ConvBN(in_chs, out_chs, act_layer=pw_act_layer, conv_layer=pw_conv_layer, **norm)
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +279,10 @@ class InvertedResidual(nn.Module):
         skip: add the input when stride is 1 and ``in_chs == out_chs``.
         drop_path: stochastic-depth rate of the skip branch.
         bn_eps: BatchNorm epsilon.
-        pw_groups: groups of both pointwise convs; a channel shuffle follows the grouped expansion (FBNet).
+        bias: give the convs their own bias (FBNet's mobile-vision release; folded at deploy either way).
+        pw_groups: groups of both pointwise convs; a channel shuffle follows the (grouped) expansion (FBNet).
+        always_pw: build the expansion conv even when ``mid_chs == in_chs`` (timm); ``False`` omits it then
+            (FBNet's mobile-vision release).
         pw_conv_layer: Conv2d type of the pointwise convs.
     """
 
@@ -293,7 +298,9 @@ class InvertedResidual(nn.Module):
         skip: bool = True,
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
+        bias: bool = False,
         pw_groups: int = 1,
+        always_pw: bool = True,
         pw_conv_layer: type[nn.Conv2d] = nn.Conv2d,
     ) -> None:
         super().__init__()
@@ -301,10 +308,12 @@ class InvertedResidual(nn.Module):
             if c % pw_groups:
                 raise ValueError(f"channels {c} not divisible by pw_groups={pw_groups}")
         self.has_skip = skip and stride == 1 and in_chs == out_chs
-        pw = {"groups": pw_groups, "bn_eps": bn_eps, "conv_layer": pw_conv_layer}
-        self.conv_pw = ConvBN(in_chs, mid_chs, act_layer=act_layer, **pw)
+        norm = {"bn_eps": bn_eps, "bias": bias}
+        pw = {"groups": pw_groups, "conv_layer": pw_conv_layer, **norm}
+        has_pw = always_pw or mid_chs != in_chs
+        self.conv_pw = ConvBN(in_chs, mid_chs, act_layer=act_layer, **pw) if has_pw else nn.Identity()
         self.shuffle = ChannelShuffle(pw_groups) if pw_groups > 1 else nn.Identity()
-        self.conv_dw = ConvBN(mid_chs, mid_chs, kernel, stride, groups=mid_chs, act_layer=act_layer, bn_eps=bn_eps)
+        self.conv_dw = ConvBN(mid_chs, mid_chs, kernel, stride, groups=mid_chs, act_layer=act_layer, **norm)
         self.se = _se(mid_chs, se_chs, act_layer)
         self.conv_pwl = ConvBN(mid_chs, out_chs, **pw)
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_skip else nn.Identity()
@@ -315,22 +324,17 @@ class InvertedResidual(nn.Module):
 
 
 def _make_block(
-    d: BlockDef,
-    in_chs: int,
-    out_chs: int,
-    act_layer: type[nn.Module],
-    drop_path: float,
-    bn_eps: float,
-    pw_conv_layer: type[nn.Conv2d],
+    d: BlockDef, in_chs: int, out_chs: int, act_layer: type[nn.Module], always_pw: bool, **common
 ) -> nn.Module:
     """One block from its definition; SE channels are ``round(se_ratio * in_chs)`` as in timm (and the TF code)."""
     act = ACT_LAYERS[d.act] if d.act is not None else act_layer
-    common = {"kernel": d.kernel, "stride": d.stride, "act_layer": act, "skip": d.skip, "drop_path": drop_path}
-    common |= {"bn_eps": bn_eps, "pw_conv_layer": pw_conv_layer}
+    common |= {"kernel": d.kernel, "stride": d.stride, "act_layer": act, "skip": d.skip}
     if d.kind == "ir":
         mid = round_channels(in_chs * d.exp_ratio)
         se_chs = round(mid * d.se_ratio / d.exp_ratio) if d.se_ratio else 0
-        return InvertedResidual(in_chs, out_chs, mid, se_chs=se_chs, pw_groups=d.pw_groups, **common)
+        return InvertedResidual(
+            in_chs, out_chs, mid, se_chs=se_chs, pw_groups=d.pw_groups, always_pw=always_pw, **common
+        )
     se_chs = round(in_chs * d.se_ratio) if d.se_ratio else 0
     return DepthwiseSeparable(in_chs, out_chs, pw_act=d.kind == "dsa", se_chs=se_chs, **common)
 
@@ -342,6 +346,8 @@ def build_stages(
     act_layer: type[nn.Module] = nn.ReLU,
     drop_path_rate: float = 0.0,
     bn_eps: float = 1e-5,
+    conv_bias: bool = False,
+    always_pw: bool = True,
     pw_conv_layer: type[nn.Conv2d] = nn.Conv2d,
     in_stride: int = 2,
     prefix: str = "blocks",
@@ -357,6 +363,8 @@ def build_stages(
         act_layer: default activation.
         drop_path_rate: stochastic depth, ``rate * i / n`` for the i-th of n blocks (timm's schedule).
         bn_eps: BatchNorm epsilon.
+        conv_bias: give every conv its own bias (FBNet's mobile-vision release).
+        always_pw: build the expansion conv of ``ir`` blocks even at expansion 1 (timm; False: mobile-vision).
         pw_conv_layer: Conv2d type of every 1x1 pointwise conv.
         in_stride: stride of the input relative to the image (the stem's).
         prefix: module name of the returned Sequential, used in the feature-info ``module`` names.
@@ -377,9 +385,9 @@ def build_stages(
         blocks = []
         for d in stage:
             out_chs = round_chs(d.out_chs)
-            blocks.append(
-                _make_block(d, in_chs, out_chs, act_layer, drop_path_rate * idx / n_total, bn_eps, pw_conv_layer)
-            )
+            dp = drop_path_rate * idx / n_total
+            common = {"drop_path": dp, "bn_eps": bn_eps, "bias": conv_bias, "pw_conv_layer": pw_conv_layer}
+            blocks.append(_make_block(d, in_chs, out_chs, act_layer, always_pw, **common))
             stride *= d.stride
             in_chs, idx = out_chs, idx + 1
         built.append(nn.Sequential(*blocks))

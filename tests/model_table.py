@@ -17,9 +17,6 @@ DEFAULTS: dict[str, Any] = {"create": {}, "input_size": None, "tol": 1e-4}
 
 QUIRKS: dict[str, dict[str, Any]] = {
     # EfficientViT's geometry is fixed by img_size; 224 is cheap enough for all six.
-    # Inverted-residual conv nets take any input size; 96 px keeps the registry tests fast.
-    "mobilenetv[12]_*": {"input_size": (3, 96, 96)},
-    "efficientnet_b[0-9]": {"input_size": (3, 96, 96)},
     "sparse_*": {"input_size": (3, 64, 64)},  # 7 sparse variants: 64 px keeps them within their budget
     # EfficientMod has no fixed geometry (convs, LayerNorms, global attention): 128 px keeps every stage non-trivial.
     "efficientmod_*": {"input_size": (3, 128, 128)},
@@ -37,6 +34,13 @@ QUIRKS: dict[str, dict[str, Any]] = {
     "resnetrs[34]*": {"tol": 2e-2},
     # EfficientFormer: the attention grid follows img_size; 128 px gives a 4x4 grid (224 px: 7x7).
     "efficientformer_*": {"create": {"img_size": 128}},
+    # Inverted-residual conv nets take any input size; 64 px (2x2 final maps) keeps the registry tests fast.
+    "mobilenetv[12]_*": {"input_size": (3, 64, 64)},
+    "efficientnet_b[0-9]": {"input_size": (3, 64, 64)},
+    "tinynet_[a-e]": {"input_size": (3, 64, 64)},
+    "fbnet[abc]_100": {"input_size": (3, 64, 64)},
+    "proxylessnas_*": {"input_size": (3, 64, 64)},
+    "spnasnet_100": {"input_size": (3, 64, 64)},
 }
 
 

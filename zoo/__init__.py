@@ -11,11 +11,15 @@ from . import (  # noqa: F401  (importing a family module registers it)
     efficientmod,
     efficientnet,
     efficientvit,
+    fbnet,
     mobilenetv1,
     mobilenetv2,
+    proxylessnas,
     resnet_rs,
     simplenet,
     sparse,
+    spnasnet,
+    tinynet,
     vovnet,
 )
 from .features import FeatureExtractor, FeatureInfo

@@ -40,6 +40,8 @@ class IRNetCfg:
         depth_trunc: ``"ceil"`` (EfficientNet) or ``"round"`` (TinyNet) depth rounding.
         act: default activation (``relu``, ``relu6``, ``swish``, ``hard_swish``).
         bn_eps: BatchNorm epsilon of every BN.
+        conv_bias: every conv (stem, blocks, head) has its own bias (FBNet's mobile-vision release).
+        always_pw: ``ir`` blocks keep their expansion conv at expansion 1 (timm); False omits it (mobile-vision).
     """
 
     arch: tuple[tuple[str, ...], ...]
@@ -50,6 +52,8 @@ class IRNetCfg:
     depth_trunc: str = "ceil"
     act: str = "relu"
     bn_eps: float = 1e-5
+    conv_bias: bool = False
+    always_pw: bool = True
 
     def __post_init__(self) -> None:
         if self.act not in ACT_LAYERS:
@@ -88,7 +92,8 @@ class InvertedResidualNet(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.classifier_layer = classifier_layer
         act = ACT_LAYERS[cfg.act]
-        self.stem = ConvBN(in_chans, cfg.stem_size, 3, stride=2, act_layer=act, bn_eps=cfg.bn_eps)
+        norm = {"bn_eps": cfg.bn_eps, "bias": cfg.conv_bias}
+        self.stem = ConvBN(in_chans, cfg.stem_size, 3, stride=2, act_layer=act, **norm)
         self.blocks, features, head_in = build_stages(
             cfg.stem_size,
             decode_arch(cfg.arch, cfg.depth, cfg.depth_trunc),
@@ -96,12 +101,14 @@ class InvertedResidualNet(nn.Module):
             act_layer=act,
             drop_path_rate=drop_path_rate,
             bn_eps=cfg.bn_eps,
+            conv_bias=cfg.conv_bias,
+            always_pw=cfg.always_pw,
             pw_conv_layer=pw_conv_layer,
         )
         self._feature_stages = tuple(f.pop("stage") for f in features)
         self.feature_info = FeatureInfo(features)
         if cfg.num_features:
-            self.head = ConvBN(head_in, cfg.num_features, act_layer=act, bn_eps=cfg.bn_eps, conv_layer=pw_conv_layer)
+            self.head = ConvBN(head_in, cfg.num_features, act_layer=act, conv_layer=pw_conv_layer, **norm)
             self.num_features = cfg.num_features
         else:
             self.head = nn.Identity()
