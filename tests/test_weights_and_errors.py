@@ -180,3 +180,13 @@ def test_no_warning_when_classes_match(state, tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         zoo.create_model(NAME, pretrained=path)
+
+
+def test_features_only_through_create_model() -> None:
+    backbone = zoo.create_model("efficientvit_m1", features_only=True, out_indices=(0, 2)).eval()
+    assert backbone.feature_info.channels() == [128, 192] and backbone.feature_info.reduction() == [16, 64]
+    with torch.no_grad():
+        maps = backbone(torch.randn(1, 3, 224, 224))
+    assert [tuple(m.shape) for m in maps] == [(1, 128, 14, 14), (1, 192, 4, 4)]
+    with pytest.raises(IndexError, match="out of range"):
+        zoo.create_model("efficientvit_m1", features_only=True, out_indices=(3,))
