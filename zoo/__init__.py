@@ -6,7 +6,12 @@
 ['efficientvit_m0', 'efficientvit_m1']
 """
 
-from . import efficientvit  # noqa: F401  (registers the family)
+from . import (
+    efficientvit,  # noqa: F401  (registers the family)
+    slab_deit,  # noqa: F401
+    slab_pvt,  # noqa: F401
+    slab_swin,  # noqa: F401
+)
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
 from .registry import (
