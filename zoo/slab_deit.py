@@ -140,7 +140,7 @@ class SlabDeiT(nn.Module):
         self.num_prefix = 0 if cfg.linear_attn else 1
         self.pos_embed = nn.Parameter(torch.zeros(1, n + self.num_prefix, d))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
+        dpr = [drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(
             *[
                 SlabBlock(d, self._attn(drop_rate), norm_layer, cfg.mlp_ratio, drop_rate, dpr[i])

@@ -197,7 +197,8 @@ class SlabPvt(nn.Module):
         self.drop_rate, self.drop_path_rate = drop_rate, drop_path_rate
         steps = cfg.prepbn_steps if prepbn_steps is None else prepbn_steps
         norm_layer = partial(make_repbn_norm, prepbn_steps=steps, prepbn_warmup=prepbn_warmup, ln_eps=cfg.ln_eps)
-        dpr = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist())
+        n = sum(cfg.depths)
+        dpr = iter([drop_path_rate * i / max(n - 1, 1) for i in range(n)])
         stages, self.feature_info, in_chs, res = [], FeatureInfo(), in_chans, img_size
         for i, (dim, depth) in enumerate(zip(cfg.embed_dims, cfg.depths)):
             patch = cfg.patch_size if i == 0 else 2

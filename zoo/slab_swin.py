@@ -295,7 +295,8 @@ class SlabSwin(nn.Module):
         norm_layer = partial(make_repbn_norm, prepbn_steps=steps, prepbn_warmup=prepbn_warmup, ln_eps=cfg.ln_eps)
         self.patch_embed = PatchEmbed(in_chans, cfg.embed_dim, cfg.patch_size, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = iter(torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist())
+        n = sum(cfg.depths)
+        dpr = iter([drop_path_rate * i / max(n - 1, 1) for i in range(n)])
         res, stages, self.feature_info = img_size // cfg.patch_size, [], FeatureInfo()
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             dim = cfg.embed_dim * 2**i
