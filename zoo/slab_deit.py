@@ -34,6 +34,7 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.nn import functional as F
 
 from blocks import ChannelAffine, SimplifiedLinearAttention, SlabBlock, convert_linearnorm, make_repbn_norm
 from blocks.repbn import fold_affine_into_linear, norm_affine
@@ -51,7 +52,6 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_tokens: int, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.dim, self.num_heads, self.head_dim, self.num_tokens = dim, num_heads, dim // num_heads, num_tokens
-        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -60,8 +60,7 @@ class Attention(nn.Module):
         n, c = self.num_tokens, self.dim
         # B, N, 3C -> B, N, 3, h, d -> 3, B, h, N, d
         q, k, v = self.qkv(x).reshape(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(-1, n, c)  # B, h, N, d -> B, N, C
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)  # B, h, N, d -> B, N, C
         return self.proj_drop(self.proj(x))
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.nn import functional as F
 
 from blocks import SimplifiedLinearAttention, SlabBlock, convert_linearnorm, make_repbn_norm
 from blocks.repbn import (
@@ -55,7 +56,6 @@ class SpatialReductionAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.num_heads, self.head_dim, self.res, self.sr_ratio = dim, num_heads, dim // num_heads, res, sr
-        self.scale = self.head_dim**-0.5
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
@@ -74,8 +74,7 @@ class SpatialReductionAttention(nn.Module):
         else:
             y = x
         k, v = self.kv(y).reshape(-1, m, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # B, M, 2C -> 2, B, h, M, d
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(-1, n, self.dim)  # B, h, N, d -> B, N, C
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, self.dim)  # B, h, N, d -> B, N, C
         return self.proj_drop(self.proj(x))
 
     @torch.no_grad()

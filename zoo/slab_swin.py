@@ -35,6 +35,7 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.nn import functional as F
 
 from blocks import ChannelAffine, SimplifiedLinearAttention, SlabBlock, convert_linearnorm, make_repbn_norm
 from blocks.repbn import fold_affine_into_conv_output, fold_affine_into_linear, norm_affine
@@ -110,7 +111,6 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.g, self.num_heads, self.dim = g, num_heads, dim
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
         n = g.size * g.size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * g.size - 1) ** 2, num_heads))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -124,22 +124,22 @@ class WindowAttention(nn.Module):
         self.deployed = False
 
     def _bias(self) -> torch.Tensor:
-        """(1 or nW, nH, N, N) relative-position bias, shift mask included."""
+        """(nH, N, N) relative-position bias, or (nW, nH, N, N) with the shift mask added."""
         if self.deployed:
             return self.attn_bias
         bias = self.relative_position_bias_table[self.relative_position_index]  # N*N, nH
         bias = bias.reshape(self.n, self.n, -1).permute(2, 0, 1)[None]  # N*N, nH -> 1, nH, N, N
-        return bias if self.attn_mask is None else bias + self.attn_mask[:, None]
+        return bias[0] if self.attn_mask is None else bias + self.attn_mask[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, n, h, d = self.g, self.n, self.num_heads, self.head_dim
         x = _partition(x, g) if g.count > 1 else x
         # B*nW, N, 3C -> B*nW, N, 3, h, d -> 3, B*nW, h, N, d
         q, k, v = self.qkv(x).reshape(-1, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # B*nW, h, N, N
-        bias = self._bias()
-        attn = (attn.reshape(-1, self.bias_windows, h, n, n) + bias).reshape(-1, h, n, n)  # B, nW, h, N, N
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, n, self.dim)  # B*nW, h, N, d -> B*nW, N, C
+        if self.bias_windows > 1:  # B*nW, h, N, d -> B, nW, h, N, d against the (nW, h, N, N) masked bias
+            q, k, v = (t.reshape(-1, self.bias_windows, h, n, d) for t in (q, k, v))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias())
+        x = x.reshape(-1, h, n, d).transpose(1, 2).reshape(-1, n, self.dim)  # B*nW, h, N, d -> B*nW, N, C
         x = self.proj_drop(self.proj(x))
         return _reverse(x, g) if g.count > 1 else x
 
