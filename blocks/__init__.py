@@ -6,8 +6,22 @@ from .deploy import NORM_TYPES, is_deployed, make_bn_realistic, remaining_norms,
 from .efficientmod import MHSA, AttentionBlock, ContextModeling, EfficientModBlock, EfficientModStage, PatchEmbedLN
 from .inverted_residual import DepthwiseSeparable, InvertedResidual, build_stages, decode_arch, round_channels
 from .layers import ConvFFN, Residual, SqueezeExcite
+from .linear_attention import SimplifiedLinearAttention, linear_attention
 from .osa import EffectiveSE, OsaBlock, OsaStage, SeparableConvBN
+from .repbn import (
+    ChannelAffine,
+    PRepBN,
+    RepBN,
+    convert_linearnorm,
+    fold_affine_into_conv_input,
+    fold_affine_into_conv_output,
+    fold_affine_into_linear,
+    make_repbn_norm,
+    norm_affine,
+    prepbn_lambda,
+)
 from .schedule import StepScheduled, scheduled_modules, set_step
+from .slab import SlabBlock
 from .sparse import (
     GradualPruner,
     SparseConv2d,
@@ -23,6 +37,7 @@ __all__ = [
     "BNLinear",
     "CascadedGroupAttention",
     "ContextModeling",
+    "ChannelAffine",
     "ConvBN",
     "ConvFFN",
     "DepthwiseSeparable",
@@ -47,12 +62,27 @@ __all__ = [
     "StepScheduled",
     "build_stages",
     "decode_arch",
+    "PRepBN",
+    "RepBN",
+    "Residual",
+    "SimplifiedLinearAttention",
+    "SlabBlock",
+    "SqueezeExcite",
+    "StepScheduled",
+    "convert_linearnorm",
+    "fold_affine_into_conv_input",
+    "fold_affine_into_conv_output",
+    "fold_affine_into_linear",
     "fold_bn",
     "is_deployed",
+    "linear_attention",
     "make_bn_realistic",
     "make_pruner",
     "model_sparsity",
     "prune_magnitude",
+    "make_repbn_norm",
+    "norm_affine",
+    "prepbn_lambda",
     "remaining_norms",
     "reparameterize_model",
     "round_channels",

@@ -45,6 +45,8 @@ def subject(request: pytest.FixtureRequest) -> Subject:
     s = settings(name)
     model = zoo.create_model(name, **s["create"])
     size = _input_size(name, model)
+    if s["step"] is not None:
+        blocks.set_step(model, s["step"])
     blocks.make_bn_realistic(model, size)
     deployed = blocks.reparameterize_model(model)
     return Subject(name, model, deployed, size, s["tol"], zoo.get_family(name).remaining_norms)

@@ -1,0 +1,63 @@
+"""The pre-norm transformer block of SLAB's DeiT and PVT variants, with RepBN/PRepBN norms that fold away."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from .repbn import fold_affine_into_linear, norm_affine
+
+__all__ = ["SlabBlock"]
+
+
+class SlabBlock(nn.Module):
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    At deploy time the eval-mode norms (RepBN, or PRepBN, whose eval form is RepBN) are per-channel affine maps:
+    ``norm1`` folds into the attention's input projections (``attn.fold_input_affine``) and ``norm2`` into
+    ``mlp.fc1``, so no normalization is left in the block.
+
+    Args:
+        dim: channels.
+        attn: the token mixer, ``(B, N, C) -> (B, N, C)``, with a ``fold_input_affine(scale, shift)`` method.
+        norm_layer: norm type / factory, called with ``dim``.
+        mlp_ratio: hidden width of the MLP relative to ``dim``.
+        drop: dropout inside the MLP.
+        drop_path: stochastic depth of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        attn: nn.Module,
+        norm_layer: Callable[[int], nn.Module],
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not callable(getattr(attn, "fold_input_affine", None)):
+            raise TypeError(f"{type(attn).__name__} has no fold_input_affine(scale, shift)")
+        self.norm1 = norm_layer(dim)
+        self.attn = attn
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.deployed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold both norms into the layers that read them. No-op when already deployed."""
+        if self.deployed:
+            return
+        self.attn.fold_input_affine(*norm_affine(self.norm1))
+        self.mlp.fc1 = fold_affine_into_linear(self.mlp.fc1, *norm_affine(self.norm2))
+        self.norm1, self.norm2, self.drop_path = nn.Identity(), nn.Identity(), nn.Identity()
+        self.deployed = True
