@@ -72,13 +72,10 @@ def path_size(path: str | os.PathLike) -> int:
 
 
 def sparsity(model: nn.Module) -> dict[str, Any]:
-    """Per-layer sparsity of the deployed weights: ``blocks.sparsity_report`` when ``blocks`` has it, else the
-    fraction of exact zeros of every conv / linear weight, and the overall fraction."""
+    """Per-layer sparsity of the deployed weights: the fraction of exact zeros of every conv / linear weight and the
+    overall fraction; plus the masks' own figures (``blocks.sparsity_report``) for models with sparse layers."""
     import blocks
 
-    report = getattr(blocks, "sparsity_report", None)
-    if callable(report):
-        return {"source": "blocks.sparsity_report", "report": report(model)}
     layers, zeros, total = {}, 0, 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
@@ -86,11 +83,15 @@ def sparsity(model: nn.Module) -> dict[str, Any]:
             z = int((w == 0).sum())
             layers[name] = round(z / w.numel(), 6)
             zeros, total = zeros + z, total + w.numel()
-    return {
+    out: dict[str, Any] = {
         "source": "exact zeros of conv/linear weights",
         "overall": round(zeros / max(total, 1), 6),
         "layers": layers,
     }
+    masked = blocks.sparsity_report(model)
+    if masked:
+        out["masked_layers"] = {k: round(float(v), 6) for k, v in masked.items()}
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
