@@ -28,11 +28,12 @@ test-fast: $(STAMP)
 # The main job: train EfficientViT-M0 (64 px) on the bundled digits (about a minute on 2 cores, >= 95% top-1),
 # check the best checkpoint with zoo validate, then export it.
 demo: $(STAMP)
+	rm -rf out/demo
 	$(BIN)/zoo info efficientvit_m0
 	$(BIN)/zoo train --recipe digits --output out/demo/train
 	$(BIN)/zoo validate --checkpoint out/demo/train/best.safetensors --data digits
-	# --- export (issue 7): runs once `zoo export` is installed; until then the demo stops after training ---
-	if $(BIN)/python -c "import export.cli" 2>/dev/null; then $(BIN)/zoo export --model efficientvit_m0 --checkpoint out/demo/train/best.safetensors --formats onnx,coreml,onnx-int8,ort --fold-input-norm --calib-data digits --imgsz 64 --out out/demo/export; else echo "zoo export not available yet: stopping after training"; fi
+	$(BIN)/zoo export --model efficientvit_m0 --checkpoint out/demo/train/best.safetensors \
+		--formats onnx,coreml,onnx-int8,ort --fold-input-norm --calib-data digits --imgsz 64 --out out/demo/export
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
