@@ -40,7 +40,7 @@ class ExportOptions:
     """Every export setting (the CLI's flags).
 
     Attributes:
-        formats: any of ``onnx, onnx-int8, ort, coreml, executorch, tensorrt``.
+        formats: any of ``onnx, onnx-int8, ort, coreml, executorch, executorch-int8, tensorrt``.
         img_size: input side (default: the model's pretrained config).
         batch: the artifacts' batch (and the ``opt`` batch of a dynamic TensorRT profile).
         dynamic_batch: symbolic batch in ONNX / INT8 / .ort / TensorRT (CoreML and .pte keep ``batch``).
@@ -280,6 +280,7 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
         "onnx-int8": "onnxruntime int8",
         "ort": "onnxruntime .ort",
         "executorch": "executorch xnnpack",
+        "executorch-int8": "executorch xnnpack int8",
     }
     for fmt, label in owners.items():
         if fmt in records and label in lat:
@@ -288,6 +289,9 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
         records["onnx-int8"]["latency_ratio_int8_over_fp32"] = round(
             lat["onnxruntime int8"] / lat["onnxruntime fp32"], 3
         )
+    if "executorch-int8" in records and {"executorch xnnpack int8", "executorch xnnpack"} <= set(lat):
+        ratio = lat["executorch xnnpack int8"] / lat["executorch xnnpack"]
+        records["executorch-int8"]["latency_ratio_int8_over_fp32"] = round(ratio, 3)
     return lat
 
 
