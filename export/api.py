@@ -151,7 +151,7 @@ def _data(loaded: Loaded, opts: ExportOptions) -> tuple[ImageSet | None, ImageSe
     if opts.calib_data:
         calib = load_images(opts.calib_data, side, cfg["crop_pct"], cfg["interpolation"], "train", opts.calib_size)
     val_spec = opts.val_data or ("digits" if opts.calib_data == "digits" else None)
-    if val_spec and "onnx-int8" in opts.formats:
+    if val_spec and {"onnx-int8", "executorch-int8"} & set(opts.formats):
         val = load_images(val_spec, side, cfg["crop_pct"], cfg["interpolation"], "val")
         if val.labels is not None and val.classes is not None and len(val.classes) != loaded.model.num_classes:
             val.labels = None  # labels of another task: compare INT8 with FP32 (agreement) only

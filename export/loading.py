@@ -73,6 +73,17 @@ def _classes_from_meta(meta: dict[str, str], path: Path) -> list[str] | None:
     return classes
 
 
+def _int_from_meta(meta: dict[str, str], key: str, path: Path) -> int | None:
+    """An integer the training loop recorded in the metadata (``img_size``, ``num_classes``), if any."""
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+        return int(value[-1] if isinstance(value, list) else value)  # "32" or an input size "[3, 32, 32]"
+    except (ValueError, TypeError, IndexError) as e:
+        raise ExportInputError(f"{path}: metadata {key!r} is not an integer: {meta[key][:40]!r}") from e
+
+
 def _checkpoint_classes(name: str, path: Path, create: dict[str, Any]) -> int | None:
     """The classifier size stored in a checkpoint (any key layout the family knows), or None if it has none."""
     family = zoo.get_family(name)
@@ -95,16 +106,19 @@ def _load_registered(
     if checkpoint is not None and pretrained:
         raise ExportInputError("give either a checkpoint or --pretrained, not both")
     create: dict[str, Any] = {}
-    if img_size is not None and _accepts(name, "img_size"):
-        create["img_size"] = img_size
-    ckpt_info, classes = None, None
+    ckpt_info, classes, meta = None, None, {}
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise ExportInputError(f"checkpoint file not found: {path}")
         meta = _checkpoint_meta(path)
+        img_size = img_size or _int_from_meta(meta, "img_size", path)
+    if img_size is not None and _accepts(name, "img_size"):
+        create["img_size"] = img_size
+    if checkpoint is not None:
         classes = _classes_from_meta(meta, path)
-        n = num_classes or (len(classes) if classes else None) or _checkpoint_classes(name, path, create)
+        n = num_classes or (len(classes) if classes else None) or _int_from_meta(meta, "num_classes", path)
+        n = n or _checkpoint_classes(name, path, create)
         if n is not None:
             create["num_classes"] = n
         model = zoo.create_model(name, pretrained=path, **create)
@@ -119,6 +133,8 @@ def _load_registered(
     if classes is not None and len(classes) != model.num_classes:
         raise ExportInputError(f"checkpoint lists {len(classes)} classes but its classifier has {model.num_classes}")
     cfg = dict(model.pretrained_cfg)
+    if img_size is not None:  # models without a fixed geometry take any size: export at the one asked for
+        cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
     return Loaded(
         model, name, family, cfg, tuple(cfg["input_size"]), classes, ckpt_info, _bn_is_identity(model), create
     )
