@@ -153,7 +153,7 @@ def _data(loaded: Loaded, opts: ExportOptions) -> tuple[ImageSet | None, ImageSe
     val_spec = opts.val_data or ("digits" if opts.calib_data == "digits" else None)
     if val_spec and {"onnx-int8", "executorch-int8"} & set(opts.formats):
         val = load_images(val_spec, side, cfg["crop_pct"], cfg["interpolation"], "val")
-        if val.labels is not None and val.classes is not None and len(val.classes) != loaded.model.num_classes:
+        if val.labels is not None and val.classes is not None and len(val.classes) != loaded.num_classes:
             val.labels = None  # labels of another task: compare INT8 with FP32 (agreement) only
     return calib, val
 
@@ -325,7 +325,7 @@ def _manifest(loaded: Loaded, opts: ExportOptions, report: Any, pre: dict, job: 
             "create_args": loaded.create_args,
             "config": repr(getattr(loaded.model, "cfg", None)) if hasattr(loaded.model, "cfg") else None,
             "pretrained_cfg": loaded.cfg,
-            "num_classes": getattr(loaded.model, "num_classes", None),
+            "num_classes": loaded.num_classes,
             "params": sum(p.numel() for p in loaded.model.parameters()),
         },
         "checkpoint": loaded.checkpoint or {"source": "none: freshly initialised weights"},
@@ -339,7 +339,7 @@ def _manifest(loaded: Loaded, opts: ExportOptions, report: Any, pre: dict, job: 
         },
         "output": {
             "name": "logits",
-            "shape": ["batch" if opts.dynamic_batch else opts.batch, loaded.model.num_classes],
+            "shape": ["batch" if opts.dynamic_batch else opts.batch, loaded.num_classes],
         },
         "preprocessing": pre,
         "fold": asdict(report),

@@ -245,7 +245,7 @@ def build_coreml(job: Job) -> dict[str, Any]:
     convert_coreml(model, job.loaded.input_size, o.batch, o.coreml_precision, "input", path, image, classes, meta)
     shape = (o.batch, *job.loaded.input_size)
     try:
-        info = validate_coreml_package(path, shape, job.loaded.model.num_classes, classes, image is not None)
+        info = validate_coreml_package(path, shape, job.loaded.num_classes, classes, image is not None)
     except AssertionError as e:
         raise ExportError(f"coreml: {e}") from e
     rec = {"files": [path], "precision": o.coreml_precision, "input": meaning, "structure": info}

@@ -38,6 +38,7 @@ class Loaded:
     classes: list[str] | None
     checkpoint: dict[str, Any] | None
     bn_identity: bool
+    num_classes: int
     create_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,7 +148,11 @@ def _load_module(model: nn.Module, img_size: int | None, classes: list[str] | No
     side = img_size or int(cfg["input_size"][1])
     cfg["input_size"] = (c, side, side)
     name = str(cfg.get("architecture") or type(model).__name__.lower())
-    return Loaded(model, name, None, cfg, (c, side, side), classes, None, _bn_is_identity(model))
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:  # no attribute: the output width tells
+        with torch.no_grad():
+            num_classes = int(model.eval()(torch.zeros(1, c, side, side)).shape[-1])
+    return Loaded(model, name, None, cfg, (c, side, side), classes, None, _bn_is_identity(model), num_classes)
 
 
 def load_for_export(
@@ -173,6 +178,6 @@ def load_for_export(
         loaded = _load_registered(model, checkpoint, pretrained, img_size, num_classes)
         if classes is not None:
             loaded.classes = list(classes)
-    if loaded.classes is not None and len(loaded.classes) != getattr(loaded.model, "num_classes", len(loaded.classes)):
-        raise ExportInputError(f"{len(loaded.classes)} class names for a model with {loaded.model.num_classes} outputs")
+    if loaded.classes is not None and len(loaded.classes) != loaded.num_classes:
+        raise ExportInputError(f"{len(loaded.classes)} class names for a model with {loaded.num_classes} outputs")
     return loaded

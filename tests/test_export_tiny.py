@@ -118,3 +118,32 @@ def test_half_onnx(tmp_path: Path) -> None:
     assert {i.data_type for i in graph.initializer if i.dims and len(i.dims) == 4} == {f16}  # conv weights
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_calibration_and_validation_from_an_image_folder(tmp_path: Path) -> None:
+    """``--calib-data DIR`` / ``--val-data DIR``: images of any size resized and center-cropped as the model's
+    config says; an ImageFolder layout gives labels, so the INT8 report has top-1 accuracies."""
+    import numpy as np
+    from PIL import Image
+
+    from export.data import load_image_dir
+
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c", "d", "e"]
+    for i, cls in enumerate(classes):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for j in range(2):
+            arr = rng.integers(0, 256, (20 + 4 * j, 24, 3), dtype=np.uint8)  # not square, not 16 px
+            Image.fromarray(arr).save(tmp_path / "images" / cls / f"{i}_{j}.png")
+    data = load_image_dir(tmp_path / "images", 16, 0.875, "bicubic")
+    assert data.pixels.shape == (10, 3, 16, 16) and 0 <= data.pixels.min() and data.pixels.max() <= 1
+    assert data.classes == classes and data.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    model = Tiny().eval()
+    blocks.make_bn_realistic(model, (3, 16, 16))
+    folder = str(tmp_path / "images")
+    opts = ExportOptions(formats=("onnx-int8",), calib_data=folder, val_data=folder, latency_seconds=0)
+    res = export_model(model, tmp_path / "out", opts)
+    q = res.formats["onnx-int8"]
+    assert q["status"] == "ok", q
+    assert q["calibration"] == {"source": folder, "images": 10}
+    assert q["top1"]["images"] == 10 and "top1_int8" in q["top1"] and q["top1"]["data"] == folder
