@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JOBS   ?= 2
 
-.PHONY: setup test test-fast demo lint bench clean
+.PHONY: setup test test-fast demo demo-export lint bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ demo: $(STAMP)
 	$(BIN)/zoo validate --checkpoint out/demo/train/best.safetensors --data digits
 	$(BIN)/zoo export --model efficientvit_m0 --checkpoint out/demo/train/best.safetensors \
 		--formats onnx,coreml,onnx-int8,ort --fold-input-norm --calib-data digits --imgsz 64 --out out/demo/export
+
+# The exporter's part of the demo: DEMO_CKPT (e.g. the checkpoint trained on digits) to ONNX, CoreML, INT8 ONNX and
+# .ort (+ .pte when ExecuTorch is installed), input normalization folded, every artifact checked; prints the summary.
+DEMO_MODEL ?= efficientvit_m0
+DEMO_CKPT ?=
+DEMO_EXPORT_ARGS ?= --calib-data digits --fold-input-norm --dynamic-batch
+demo-export: $(STAMP)
+	$(BIN)/zoo export --model $(DEMO_MODEL) $(if $(DEMO_CKPT),--checkpoint $(DEMO_CKPT)) $(DEMO_EXPORT_ARGS) \
+		--formats onnx,coreml,onnx-int8,ort$$($(BIN)/python -c "import executorch" 2>/dev/null && echo ,executorch) \
+		--out out/demo/export
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import blocks  # noqa: E402
 import zoo  # noqa: E402
 from export import ExportOptions, export_model, export_onnx  # noqa: E402
 from export.executorch_export import executorch_status, load_pte  # noqa: E402
@@ -41,9 +40,10 @@ def default_models() -> list[str]:
 
 def bench_model(name: str, threads: int, seconds: float, executorch: bool, tmp: Path) -> dict[str, float]:
     """Median latency (ms) of each candidate for one model."""
+    # Fresh weights: latency does not depend on their values (dense kernels), and a model given synthetic BN
+    # statistics is ill-conditioned on image-like inputs (fp32 itself drifts ~1e-2 from fp64), failing parity.
     model = zoo.create_model(name).eval()
     size = tuple(model.pretrained_cfg["input_size"])
-    blocks.make_bn_realistic(model, size)  # realistic statistics: no exact zeros from fresh BN folding
     formats = ("onnx", "onnx-int8") + (("executorch",) if executorch else ())
     opts = ExportOptions(formats=formats, latency_seconds=0, threads=threads, calib_size=16, zeroq_steps=20)
     res = export_model(copy.deepcopy(model), tmp / name, opts)

@@ -40,7 +40,7 @@ class ExportOptions:
     """Every export setting (the CLI's flags).
 
     Attributes:
-        formats: any of ``onnx, onnx-int8, ort, coreml, executorch, tensorrt``.
+        formats: any of ``onnx, onnx-int8, ort, coreml, executorch, executorch-int8, tensorrt``.
         img_size: input side (default: the model's pretrained config).
         batch: the artifacts' batch (and the ``opt`` batch of a dynamic TensorRT profile).
         dynamic_batch: symbolic batch in ONNX / INT8 / .ort / TensorRT (CoreML and .pte keep ``batch``).
@@ -151,9 +151,9 @@ def _data(loaded: Loaded, opts: ExportOptions) -> tuple[ImageSet | None, ImageSe
     if opts.calib_data:
         calib = load_images(opts.calib_data, side, cfg["crop_pct"], cfg["interpolation"], "train", opts.calib_size)
     val_spec = opts.val_data or ("digits" if opts.calib_data == "digits" else None)
-    if val_spec and "onnx-int8" in opts.formats:
+    if val_spec and {"onnx-int8", "executorch-int8"} & set(opts.formats):
         val = load_images(val_spec, side, cfg["crop_pct"], cfg["interpolation"], "val")
-        if val.labels is not None and val.classes is not None and len(val.classes) != loaded.model.num_classes:
+        if val.labels is not None and val.classes is not None and len(val.classes) != loaded.num_classes:
             val.labels = None  # labels of another task: compare INT8 with FP32 (agreement) only
     return calib, val
 
@@ -280,6 +280,7 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
         "onnx-int8": "onnxruntime int8",
         "ort": "onnxruntime .ort",
         "executorch": "executorch xnnpack",
+        "executorch-int8": "executorch xnnpack int8",
     }
     for fmt, label in owners.items():
         if fmt in records and label in lat:
@@ -288,6 +289,9 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
         records["onnx-int8"]["latency_ratio_int8_over_fp32"] = round(
             lat["onnxruntime int8"] / lat["onnxruntime fp32"], 3
         )
+    if "executorch-int8" in records and {"executorch xnnpack int8", "executorch xnnpack"} <= set(lat):
+        ratio = lat["executorch xnnpack int8"] / lat["executorch xnnpack"]
+        records["executorch-int8"]["latency_ratio_int8_over_fp32"] = round(ratio, 3)
     return lat
 
 
@@ -321,7 +325,7 @@ def _manifest(loaded: Loaded, opts: ExportOptions, report: Any, pre: dict, job: 
             "create_args": loaded.create_args,
             "config": repr(getattr(loaded.model, "cfg", None)) if hasattr(loaded.model, "cfg") else None,
             "pretrained_cfg": loaded.cfg,
-            "num_classes": getattr(loaded.model, "num_classes", None),
+            "num_classes": loaded.num_classes,
             "params": sum(p.numel() for p in loaded.model.parameters()),
         },
         "checkpoint": loaded.checkpoint or {"source": "none: freshly initialised weights"},
@@ -335,7 +339,7 @@ def _manifest(loaded: Loaded, opts: ExportOptions, report: Any, pre: dict, job: 
         },
         "output": {
             "name": "logits",
-            "shape": ["batch" if opts.dynamic_batch else opts.batch, loaded.model.num_classes],
+            "shape": ["batch" if opts.dynamic_batch else opts.batch, loaded.num_classes],
         },
         "preprocessing": pre,
         "fold": asdict(report),

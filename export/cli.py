@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats",
         type=_formats,
         default=("onnx",),
-        help="comma-separated: onnx,onnx-int8,ort,coreml,executorch,tensorrt (default onnx)",
+        help="comma-separated: onnx,onnx-int8,ort,coreml,executorch,executorch-int8,tensorrt (default onnx)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--imgsz", type=int, default=None, help="input side (default: the model's)")

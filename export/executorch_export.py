@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import FormatUnavailableError
 
-__all__ = ["executorch_status", "export_pte", "load_pte"]
+__all__ = ["executorch_status", "export_pte", "export_pte_int8", "load_pte"]
 
 
 def _requires_torch(dist: str) -> str:
@@ -61,21 +61,54 @@ def export_pte(model: nn.Module, path: str | os.PathLike, input_size: tuple[int,
     version, reason = executorch_status()
     if reason:
         raise FormatUnavailableError(reason)
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-
     example = torch.randn(batch, *input_size)
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (example,))
+    return _lower_and_write(ep, Path(path))
+
+
+def _lower_and_write(ep: torch.export.ExportedProgram, path: Path) -> Path:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
     with redirect_stderr(io.StringIO()):
         edge = to_edge_transform_and_lower(
             ep, partitioner=[XnnpackPartitioner()], compile_config=EdgeCompileConfig(_check_ir_validity=False)
         )
         program = edge.to_executorch()
-    path = Path(path)
     with open(path, "wb") as f:
         program.write_to_file(f)
     return path
+
+
+def export_pte_int8(
+    model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int], calib: torch.Tensor, batch: int = 1
+) -> Path:
+    """INT8 ``.pte``: PT2E quantization with ExecuTorch's XNNPACK quantizer (symmetric, per-channel weights), calibrated
+    on ``calib`` (model inputs), then lowered to the XNNPACK delegate.
+
+    Raises:
+        FormatUnavailableError: ExecuTorch missing or incompatible with this torch.
+    """
+    version, reason = executorch_status()
+    if reason:
+        raise FormatUnavailableError(reason)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = torch.randn(batch, *input_size)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        graph = torch.export.export(model.eval(), (example,)).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        for i in range(0, len(calib) - batch + 1, batch):
+            prepared(calib[i : i + batch])
+        converted = convert_pt2e(prepared)
+        ep = torch.export.export(converted, (example,))
+    return _lower_and_write(ep, Path(path))
 
 
 class _PteRunner:

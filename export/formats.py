@@ -18,7 +18,7 @@ from torch import nn
 from .coreml_export import convert_coreml, predict_coreml, validate_coreml_package
 from .data import normalize
 from .errors import ExportError, ParityError
-from .executorch_export import export_pte, load_pte
+from .executorch_export import export_pte, export_pte_int8, load_pte
 from .fold import PixelInput, rel_error
 from .onnx_export import (
     check_onnx_graph,
@@ -63,6 +63,7 @@ class Job:
     val: tuple[torch.Tensor, torch.Tensor | None, str] | None
     forbid_norms: bool
     files: dict[str, Path] = field(default_factory=dict)
+    calibration: tuple[torch.Tensor, dict[str, Any]] | None = None
     runners: dict[str, Callable[[torch.Tensor], Any]] = field(default_factory=dict)
 
     @property
@@ -138,6 +139,13 @@ def build_onnx(job: Job) -> dict[str, Any]:
 
 
 def _calibration(job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Calibration inputs (artifact input space), made once per job and shared by the INT8 formats."""
+    if job.calibration is None:
+        job.calibration = _make_calibration(job)
+    return job.calibration
+
+
+def _make_calibration(job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
     o = job.opts
     if job.calib is not None:
         return job.calib, {"source": o.calib_data, "images": len(job.calib)}
@@ -237,7 +245,7 @@ def build_coreml(job: Job) -> dict[str, Any]:
     convert_coreml(model, job.loaded.input_size, o.batch, o.coreml_precision, "input", path, image, classes, meta)
     shape = (o.batch, *job.loaded.input_size)
     try:
-        info = validate_coreml_package(path, shape, job.loaded.model.num_classes, classes, image is not None)
+        info = validate_coreml_package(path, shape, job.loaded.num_classes, classes, image is not None)
     except AssertionError as e:
         raise ExportError(f"coreml: {e}") from e
     rec = {"files": [path], "precision": o.coreml_precision, "input": meaning, "structure": info}
@@ -286,6 +294,40 @@ def build_tensorrt(job: Job) -> dict[str, Any]:
     return build_engines(job)
 
 
+def _run_batched(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Run a fixed-batch artifact over ``x`` (whose length is cut to a multiple of ``batch``)."""
+    n = len(x) - len(x) % batch
+    return torch.cat([torch.as_tensor(run(x[i : i + batch])).float() for i in range(0, n, batch)])
+
+
+def build_executorch_int8(job: Job) -> dict[str, Any]:
+    """INT8 ``.pte`` (PT2E + XNNPACK quantizer), run back with ExecuTorch's runtime; INT8-vs-FP32 top-1."""
+    o = job.opts
+    calib, calib_info = _calibration(job)
+    path = export_pte_int8(job.graph, job.staging / f"{job.stem}.int8.pte", job.loaded.input_size, calib, o.batch)
+    runner = load_pte(path)
+    inputs, labels, source = job.val if job.val is not None else (calib, None, calib_info["source"])
+    n = len(inputs) - len(inputs) % o.batch
+    with torch.no_grad():
+        ref = _run_batched(job.graph, inputs[:n], o.batch)
+    top1 = compare_top1(ref, _run_batched(runner, inputs[:n], o.batch), None if labels is None else labels[:n])
+    top1["data"] = source
+    x = job.probes[0][1][: o.batch]
+    with torch.no_grad():
+        err = rel_error(torch.as_tensor(runner(x)), job.graph(x)) if len(x) == o.batch else None
+    rec = {
+        "files": [path],
+        "quantization": {"tool": "torchao PT2E + XNNPACKQuantizer", "config": "symmetric, per-channel weights"},
+        "calibration": calib_info,
+        "top1": top1,
+        "parity": {"error": err, "tol": None, "reference": "PyTorch (folded model, fp32)"},
+    }
+    if o.max_int8_drop is not None and "drop" in top1 and top1["drop"] > o.max_int8_drop:
+        raise ParityError("executorch-int8", top1["drop"], o.max_int8_drop, "top-1 drop in points vs FP32 on " + source)
+    job.runners["executorch xnnpack int8"] = runner
+    return rec
+
+
 #: Builders in dependency order (ONNX first: INT8, .ort and TensorRT read the FP32 file).
 BUILDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "onnx": build_onnx,
@@ -293,6 +335,7 @@ BUILDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "ort": build_ort,
     "coreml": build_coreml,
     "executorch": build_executorch,
+    "executorch-int8": build_executorch_int8,
     "tensorrt": build_tensorrt,
 }
 

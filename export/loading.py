@@ -38,6 +38,7 @@ class Loaded:
     classes: list[str] | None
     checkpoint: dict[str, Any] | None
     bn_identity: bool
+    num_classes: int
     create_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,6 +74,17 @@ def _classes_from_meta(meta: dict[str, str], path: Path) -> list[str] | None:
     return classes
 
 
+def _int_from_meta(meta: dict[str, str], key: str, path: Path) -> int | None:
+    """An integer the training loop recorded in the metadata (``img_size``, ``num_classes``), if any."""
+    if key not in meta:
+        return None
+    try:
+        value = json.loads(meta[key])
+        return int(value[-1] if isinstance(value, list) else value)  # "32" or an input size "[3, 32, 32]"
+    except (ValueError, TypeError, IndexError) as e:
+        raise ExportInputError(f"{path}: metadata {key!r} is not an integer: {meta[key][:40]!r}") from e
+
+
 def _checkpoint_classes(name: str, path: Path, create: dict[str, Any]) -> int | None:
     """The classifier size stored in a checkpoint (any key layout the family knows), or None if it has none."""
     family = zoo.get_family(name)
@@ -95,16 +107,19 @@ def _load_registered(
     if checkpoint is not None and pretrained:
         raise ExportInputError("give either a checkpoint or --pretrained, not both")
     create: dict[str, Any] = {}
-    if img_size is not None and _accepts(name, "img_size"):
-        create["img_size"] = img_size
-    ckpt_info, classes = None, None
+    ckpt_info, classes, meta = None, None, {}
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise ExportInputError(f"checkpoint file not found: {path}")
         meta = _checkpoint_meta(path)
+        img_size = img_size or _int_from_meta(meta, "img_size", path)
+    if img_size is not None and _accepts(name, "img_size"):
+        create["img_size"] = img_size
+    if checkpoint is not None:
         classes = _classes_from_meta(meta, path)
-        n = num_classes or (len(classes) if classes else None) or _checkpoint_classes(name, path, create)
+        n = num_classes or (len(classes) if classes else None) or _int_from_meta(meta, "num_classes", path)
+        n = n or _checkpoint_classes(name, path, create)
         if n is not None:
             create["num_classes"] = n
         model = zoo.create_model(name, pretrained=path, **create)
@@ -119,6 +134,8 @@ def _load_registered(
     if classes is not None and len(classes) != model.num_classes:
         raise ExportInputError(f"checkpoint lists {len(classes)} classes but its classifier has {model.num_classes}")
     cfg = dict(model.pretrained_cfg)
+    if img_size is not None:  # models without a fixed geometry take any size: export at the one asked for
+        cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
     return Loaded(
         model, name, family, cfg, tuple(cfg["input_size"]), classes, ckpt_info, _bn_is_identity(model), create
     )
@@ -131,7 +148,11 @@ def _load_module(model: nn.Module, img_size: int | None, classes: list[str] | No
     side = img_size or int(cfg["input_size"][1])
     cfg["input_size"] = (c, side, side)
     name = str(cfg.get("architecture") or type(model).__name__.lower())
-    return Loaded(model, name, None, cfg, (c, side, side), classes, None, _bn_is_identity(model))
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:  # no attribute: the output width tells
+        with torch.no_grad():
+            num_classes = int(model.eval()(torch.zeros(1, c, side, side)).shape[-1])
+    return Loaded(model, name, None, cfg, (c, side, side), classes, None, _bn_is_identity(model), num_classes)
 
 
 def load_for_export(
@@ -157,6 +178,6 @@ def load_for_export(
         loaded = _load_registered(model, checkpoint, pretrained, img_size, num_classes)
         if classes is not None:
             loaded.classes = list(classes)
-    if loaded.classes is not None and len(loaded.classes) != getattr(loaded.model, "num_classes", len(loaded.classes)):
-        raise ExportInputError(f"{len(loaded.classes)} class names for a model with {loaded.model.num_classes} outputs")
+    if loaded.classes is not None and len(loaded.classes) != loaded.num_classes:
+        raise ExportInputError(f"{len(loaded.classes)} class names for a model with {loaded.num_classes} outputs")
     return loaded

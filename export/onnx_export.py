@@ -46,11 +46,13 @@ def export_onnx(
     opset: int = 18,
     input_name: str = "input",
     output_name: str = "logits",
+    optimize: bool = True,
 ) -> OnnxExportResult:
     """Export ``model`` (eval mode, already deployed) to a single ``.onnx`` file.
 
     With ``dynamic_batch`` the example input has batch 2, because torch.export specialises a dimension whose example
-    size is 1: the batch then stays really symbolic in the graph.
+    size is 1: the batch then stays really symbolic in the graph. ``optimize=False`` skips the dynamo exporter's own
+    graph optimizer (slow), for callers that run onnxslim afterwards.
 
     Returns:
         What was produced and by which exporter (``"dynamo"`` or ``"torchscript"``, with the reason for the fallback).
@@ -75,6 +77,7 @@ def export_onnx(
                 input_names=[input_name],
                 output_names=[output_name],
                 verbose=False,
+                optimize=optimize,
             )
             prog.save(str(path), external_data=False)
         result["exporter"] = "dynamo"

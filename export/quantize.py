@@ -28,6 +28,10 @@ __all__ = ["quantize_int8", "synthesize_zeroq", "compare_top1"]
 
 log = logging.getLogger(__name__)
 
+#: Ops whose inputs get Q/DQ pairs: the weighted ops and the residual Add, where TensorRT's explicit quantization
+#: expects them (softmax, normalization and reshapes stay in float).
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add")
+
 
 def synthesize_zeroq(
     model: nn.Module,
@@ -129,6 +133,7 @@ def quantize_int8(
         "format": "QDQ",
         "weights": "int8, per-channel, symmetric",
         "activations": "int8, per-tensor, symmetric",
+        "quantized_ops": list(QUANTIZED_OPS),
         "calibration": "MinMax",
         "calibration_images": len(calib_inputs),
     }
@@ -151,6 +156,7 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=list(QUANTIZED_OPS),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         finally:

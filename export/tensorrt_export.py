@@ -222,23 +222,10 @@ def _engine_parity(job: Any, runner: TrtRunner, onnx_path: Path, precision: str)
 def build_engines(job: Any) -> dict[str, Any]:
     """Build, check and time the engines for an export job (see :mod:`export.formats`)."""
     from .latency import time_side_by_side
-    from .onnx_export import export_onnx_fp16
 
     o, stem = job.opts, job.stem
-    if o.half:
-        if "onnx-fp16" not in job.files:
-            job.files["onnx-fp16"] = job.staging / f"{stem}.fp16.onnx"
-            export_onnx_fp16(
-                job.graph,
-                job.files["onnx-fp16"],
-                job.loaded.input_size,
-                batch=o.batch,
-                dynamic_batch=o.dynamic_batch,
-                opset=o.opset,
-            )
-        plans = [("fp16", job.files["onnx-fp16"])]
-    else:
-        plans = [("fp32", job.require("onnx"))]
+    # strongly typed: the ONNX file's dtypes are the engine's precision
+    plans = [("fp16", job.require("onnx-fp16"))] if o.half else [("fp32", job.require("onnx"))]
     if "onnx-int8" in job.files:
         plans.append(("int8", job.files["onnx-int8"]))
     cache = job.staging / f"{stem}.timing.cache"
@@ -246,33 +233,33 @@ def build_engines(job: Any) -> dict[str, Any]:
     if previous.is_file():
         cache.write_bytes(previous.read_bytes())
     engines, files, timers = {}, [], {}
-    x = job.probes[0][1][: o.batch].cuda() if job.probes[0][1].shape[0] >= o.batch else None
+    gen = torch.Generator().manual_seed(3)
+    x = job.artifact_input(torch.rand(o.batch, *job.loaded.input_size, generator=gen)).cuda()
     for precision, onnx_path in plans:
         spec = EngineSpec(
-            onnx_path,
-            job.staging / f"{stem}.{precision}.engine",
-            "input",
-            job.loaded.input_size,
-            o.batch,
-            o.dynamic_batch,
-            o.max_batch,
-            o.trt_sparse,
-            o.trt_workspace_mb,
-            cache,
+            onnx_path=onnx_path,
+            engine_path=job.staging / f"{stem}.{precision}.engine",
+            input_name="input",
+            input_size=job.loaded.input_size,
+            batch=o.batch,
+            dynamic_batch=o.dynamic_batch,
+            max_batch=o.max_batch,
+            sparse=o.trt_sparse,
+            workspace_mb=o.trt_workspace_mb,
+            timing_cache=cache,
         )
         build_engine(spec)
         runner = TrtRunner(spec.engine_path)
         parity, sess = _engine_parity(job, runner, onnx_path, precision)
         engines[precision] = {"file": spec.engine_path.name, "onnx": onnx_path.name, "parity": parity}
         files.append(spec.engine_path)
-        if x is not None:
-            timers[f"tensorrt {precision}"] = lambda r=runner: r.run_cuda(x)
-            feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
-            timers[f"{parity['reference'].split(',')[0]} {precision}"] = lambda s=sess, f=feed: s.run(None, f)
+        timers[f"tensorrt {precision}"] = lambda r=runner: r.run_cuda(x)
+        feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
+        timers[f"{parity['reference'].split(',')[0]} {precision}"] = lambda s=sess, f=feed: s.run(None, f)
     files.append(cache)
     worst = max(e["parity"]["error"] for e in engines.values())
     rec = {"files": files, "engines": engines, "sparse_weights": o.trt_sparse, "parity": {"error": worst, "tol": None}}
-    if timers:
+    if o.latency_seconds > 0:
         timing = time_side_by_side(timers, min_seconds=o.latency_seconds)
         rec["latency_gpu_ms"] = {k: round(t.median_ms, 4) for k, t in timing.items()}
     return rec

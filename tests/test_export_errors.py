@@ -1,8 +1,4 @@
-"""The exporter on bad input and failed checks: clear errors, non-zero exits, nothing half-written.
-
-Also the formats exercised on a tiny module through the Python API (``export_model`` accepts any ``nn.Module``):
-the ExecuTorch ``.pte`` with its runtime parity, data-free (ZeroQ) INT8 calibration, and a parity failure.
-"""
+"""The exporter on bad input and failed checks: clear errors, non-zero exits, nothing half-written."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export_tiny import Tiny
 from torch import nn
 
 import blocks
@@ -19,7 +16,6 @@ import weights
 import zoo
 from export import ExportInputError, ExportOptions, FoldCheckError, export_model
 from export.cli import main
-from export.executorch_export import executorch_status
 
 
 def _cli(argv: list[str]) -> tuple[int, str, str]:
@@ -30,22 +26,6 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
         except SystemExit as e:  # argparse
             code = int(e.code)
     return code, out.getvalue(), err.getvalue()
-
-
-class Tiny(nn.Module):
-    """Two ConvBN layers, pooling and a linear classifier; 16 px RGB input."""
-
-    def __init__(self, num_classes: int = 5) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.features = nn.Sequential(
-            blocks.ConvBN(3, 8, 3, act_layer=nn.ReLU), blocks.ConvBN(8, 16, 3, stride=2, act_layer=nn.ReLU)
-        )
-        self.head = nn.Linear(16, num_classes)
-        self.pretrained_cfg = {"input_size": (3, 16, 16), "architecture": "tiny", "first_conv": "features.0.conv"}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean((2, 3)))
 
 
 def test_unknown_model(tmp_path: Path) -> None:
@@ -82,51 +62,6 @@ def test_unknown_format(tmp_path: Path) -> None:
     assert not out.exists()
     with pytest.raises(ExportInputError, match="unknown format"):
         ExportOptions(formats=("onnx", "tflite"))
-
-
-def test_pte_parity_and_data_free_int8(tmp_path: Path) -> None:
-    """ExecuTorch .pte checked with ExecuTorch's runtime; INT8 calibrated data-free from the BN statistics."""
-    model = Tiny().eval()
-    blocks.make_bn_realistic(model, (3, 16, 16))  # a "trained" model: non-trivial statistics to match
-    opts = ExportOptions(formats=("executorch", "onnx-int8"), zeroq_steps=30, calib_size=16, latency_seconds=0.1)
-    version, reason = executorch_status()
-    res = export_model(model, tmp_path / "out", opts)
-    rec = res.formats["executorch"]
-    if reason is not None:  # not installed / incompatible: the precise reason, and nothing written
-        assert rec["status"] == "failed" and rec["error"] == reason and "torch" in reason
-        assert not (tmp_path / "out" / "tiny.pte").exists()
-    else:
-        from export.executorch_export import load_pte
-
-        assert rec["status"] == "ok" and rec["parity"]["error"] <= 1e-4, rec
-        x = torch.rand(1, 3, 16, 16)
-        with torch.no_grad():
-            ref = blocks.reparameterize_model(model)(x)
-        assert (load_pte(tmp_path / "out" / "tiny.pte")(x) - ref).abs().max() <= 1e-4 * ref.abs().max()
-    q = res.formats["onnx-int8"]
-    assert q["status"] == "ok" and q["calibration"]["source"].startswith("data-free: ZeroQ")
-    assert q["top1"]["agreement"] >= 50
-
-
-def test_zeroq_matches_bn_statistics() -> None:
-    from export.quantize import synthesize_zeroq
-
-    model = Tiny().eval()
-    blocks.make_bn_realistic(model, (3, 16, 16))
-    bn = model.features[1].bn
-    seen = {}
-    model.features[1].conv.register_forward_hook(lambda m, i, o: seen.__setitem__("x", o))
-
-    def gap(pixels: torch.Tensor) -> float:
-        with torch.no_grad():
-            model((pixels - 0.45) / 0.225)
-        x = seen["x"]
-        return (x.mean((0, 2, 3)) - bn.running_mean).abs().mean().item()
-
-    rand = torch.sigmoid(torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5)
-    synth = synthesize_zeroq(model, (3, 16, 16), (0.45,) * 3, (0.225,) * 3, num=16, steps=60)
-    assert synth.shape == (16, 3, 16, 16) and 0 <= synth.min() and synth.max() <= 1
-    assert gap(synth) < 0.5 * gap(rand)
 
 
 def test_parity_failure_writes_nothing_for_that_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
