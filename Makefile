@@ -32,8 +32,8 @@ demo: $(STAMP)
 	$(BIN)/zoo info efficientvit_m0
 	$(BIN)/zoo train --recipe digits --output out/demo/train
 	$(BIN)/zoo validate --checkpoint out/demo/train/best.safetensors --data digits
-	$(BIN)/zoo export --model efficientvit_m0 --checkpoint out/demo/train/best.safetensors \
-		--formats onnx,coreml,onnx-int8,ort --fold-input-norm --calib-data digits --imgsz 64 --out out/demo/export
+	$(MAKE) --no-print-directory demo-export DEMO_CKPT=out/demo/train/best.safetensors \
+		DEMO_EXPORT_ARGS="--calib-data digits --fold-input-norm --dynamic-batch --imgsz 64"
 
 # The exporter's part of the demo: DEMO_CKPT (e.g. the checkpoint trained on digits) to ONNX, CoreML, INT8 ONNX and
 # .ort (+ .pte when ExecuTorch is installed), input normalization folded, every artifact checked; prints the summary.
