@@ -136,9 +136,9 @@ def _load_registered(
     cfg = dict(model.pretrained_cfg)
     if img_size is not None:  # models without a fixed geometry take any size: export at the one asked for
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
-    return Loaded(
-        model, name, family, cfg, tuple(cfg["input_size"]), classes, ckpt_info, _bn_is_identity(model), create
-    )
+    size = tuple(cfg["input_size"])
+    bn_identity = _bn_is_identity(model)
+    return Loaded(model, name, family, cfg, size, classes, ckpt_info, bn_identity, model.num_classes, create)
 
 
 def _load_module(model: nn.Module, img_size: int | None, classes: list[str] | None) -> Loaded:
