@@ -33,6 +33,9 @@ PARAMS = {
     "pvt_t_prepbn": 13_239_554,
     "slab_pvt_t": 12_157_692,
 }
+# MACs at 224 px of the authors' models, counted with the same counter (torch.utils.flop_counter, halved).
+MACS = {"deit_t_prepbn": 1_253_683_200, "slab_deit_t": 1_139_086_848, "slab_swin_t": 4_483_341_312,
+        "slab_pvt_t": 2_035_901_440}  # fmt: skip
 SLAB_FAMILIES = ("slab_deit", "slab_swin", "slab_pvt")
 
 
@@ -55,6 +58,11 @@ def test_params_equal_original_and_release_layout_converts(name: str) -> None:
     target = model.state_dict()
     assert sorted(converted) == sorted(target)
     assert all(tuple(converted[k].shape) == tuple(target[k].shape) for k in target)
+
+
+@pytest.mark.parametrize("name", sorted(MACS))
+def test_macs_equal_original(name: str) -> None:
+    assert zoo.count_macs(zoo.create_model(name), (3, 224, 224)) == MACS[name]
 
 
 def _build(fname: str) -> tuple[torch.nn.Module, dict]:
@@ -139,7 +147,7 @@ def test_deployed_deit_onnx_has_no_normalization(name: str, pools: int, tmp_path
     deployed = blocks.reparameterize_model(model)
     assert blocks.remaining_norms(deployed) == {}
     path = tmp_path / f"{name}.onnx"
-    export_onnx(deployed, path, (3, 64, 64))
+    assert export_onnx(deployed, path, (3, 64, 64))["exporter"] == "dynamo"
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert not NORM_OPS & set(ops) and not STATISTIC_OPS & set(ops), sorted(set(ops))
     assert ops.count("ReduceMean") == pools  # SLAB-DeiT's token average, nothing else
@@ -148,6 +156,22 @@ def test_deployed_deit_onnx_has_no_normalization(name: str, pools: int, tmp_path
         ref = model.eval()(x)
     assert rel_err(run_onnx(path, x), ref) <= 1e-4
     assert rel_err(deployed(x), ref) <= 1e-4
+
+
+def test_shifted_windows_export_with_dynamo(tmp_path) -> None:
+    """Masked (shifted) softmax windows and partitioned linear-attention windows, exported without fallback."""
+    pytest.importorskip("onnx")
+    from export import export_onnx, run_onnx
+
+    model, blob = _build("slab_swin_tiny_original.pth")
+    load_into(model, blob["model"], zoo.get_family("slab_swin").converters)
+    deployed = blocks.reparameterize_model(model)
+    shifts = [b.attn.g.shift for s in deployed.stages for b in s.blocks]
+    assert shifts == [0, 7, 0, 3, 0, 0]
+    path = tmp_path / "swin.onnx"
+    assert export_onnx(deployed, path, (3, 112, 112), dynamic_batch=True)["exporter"] == "dynamo"
+    x = torch.cat([blob["x"], blob["x"].flip(0)])
+    assert rel_err(run_onnx(path, x), torch.cat([blob["y"], blob["y"].flip(0)])) <= 1e-4
 
 
 def test_headless_deploy_keeps_the_final_norm_as_an_affine() -> None:

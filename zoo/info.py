@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .registry import create_model, get_family
@@ -24,12 +25,13 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one forward pass at ``input_size`` (C, H, W), batch 1.
 
     Counted with ``torch.utils.flop_counter`` (convolutions and matrix products, as papers count) and halved:
-    papers that say "FLOPs" report MACs.
+    papers that say "FLOPs" report MACs. Fused attention runs on its math backend so that its products are counted
+    (the counter does not see the CPU flash kernel).
     """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
+    with sdpa_kernel(SDPBackend.MATH), counter:
         model(torch.zeros(1, *input_size))
     model.train(was_training)
     return counter.get_total_flops() // 2

@@ -136,9 +136,11 @@ class WindowAttention(nn.Module):
         x = _partition(x, g) if g.count > 1 else x
         # B*nW, N, 3C -> B*nW, N, 3, h, d -> 3, B*nW, h, N, d
         q, k, v = self.qkv(x).reshape(-1, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.bias_windows > 1:  # B*nW, h, N, d -> B, nW, h, N, d against the (nW, h, N, N) masked bias
-            q, k, v = (t.reshape(-1, self.bias_windows, h, n, d) for t in (q, k, v))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias())
+        bias = self._bias()
+        if self.bias_windows > 1:  # B*nW, h, N, d -> B, nW*h, N, d against the (nW*h, N, N) masked bias
+            q, k, v = (t.reshape(-1, self.bias_windows * h, n, d) for t in (q, k, v))
+            bias = bias.reshape(-1, n, n)  # nW, h, N, N -> nW*h, N, N
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.reshape(-1, h, n, d).transpose(1, 2).reshape(-1, n, self.dim)  # B*nW, h, N, d -> B*nW, N, C
         x = self.proj_drop(self.proj(x))
         return _reverse(x, g) if g.count > 1 else x
