@@ -135,13 +135,14 @@ MODELS = {  # dense model -> its sparse variant (the paper's structure; re-maske
 
 
 def _deployed_pair(dense_name: str, sparse_name: str, sparsities: list[float]) -> tuple[nn.Module, dict]:
-    dense = blocks.reparameterize_model(zoo.create_model(dense_name))
+    dense = zoo.create_model(dense_name)
     sparse = {}
     for s in sparsities:
         model = zoo.create_model(sparse_name)
-        prune_random(model, s)
+        model.load_state_dict(dense.state_dict())  # the dense weights, with dense masks
+        prune_random(model, s)  # then random masks at s, in the variant's structure
         sparse[s] = blocks.reparameterize_model(model)
-    return dense, sparse
+    return blocks.reparameterize_model(dense), sparse
 
 
 def _pw_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
