@@ -4,7 +4,9 @@ For MobileNetV1-1.0, MobileNetV2-1.0 and EfficientNet-B0: the deployed dense mod
 70/80/90% sparsity (random masks at that sparsity, paper structure), batch 1, 2 threads, timed in alternation;
 end-to-end latency ratios (dense / sparse, > 1 means the sparse model is faster) and, per model and sparsity, the
 ratio over the 1x1 convolutions alone (each 1x1 conv timed on its real input, dense op against the layer's deployed
-forward, which picks sparse or dense by the cost model).
+forward, which picks sparse or dense by the cost model). The dense model also runs under onnxruntime (same
+threads) as a stronger dense baseline: eager PyTorch runs batch-1 1x1 convolutions through its generic
+im2col + GEMM path, not oneDNN.
 
     python benchmarks/sparse.py                          # the table
     python benchmarks/sparse.py --calibrate              # re-fit blocks.sparse.COST_MODEL on this machine
@@ -20,6 +22,7 @@ import argparse
 import csv
 import platform
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -132,13 +135,14 @@ MODELS = {  # dense model -> its sparse variant (the paper's structure; re-maske
 
 
 def _deployed_pair(dense_name: str, sparse_name: str, sparsities: list[float]) -> tuple[nn.Module, dict]:
-    dense = blocks.reparameterize_model(zoo.create_model(dense_name))
+    dense = zoo.create_model(dense_name)
     sparse = {}
     for s in sparsities:
         model = zoo.create_model(sparse_name)
-        prune_random(model, s)
+        model.load_state_dict(dense.state_dict())  # the dense weights, with dense masks
+        prune_random(model, s)  # then random masks at s, in the variant's structure
         sparse[s] = blocks.reparameterize_model(model)
-    return dense, sparse
+    return blocks.reparameterize_model(dense), sparse
 
 
 def _pw_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,12 +159,35 @@ def _pw_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return seen
 
 
-def bench_model(dense_name: str, sparsities: list[float], min_seconds: float) -> tuple[dict, list[dict]]:
+def _ort_runner(model: nn.Module, size: tuple[int, int, int], threads: int, tmp: Path):
+    """The dense model under onnxruntime (a stronger dense baseline than eager PyTorch at batch 1)."""
+    import onnxruntime as ort
+
+    from export import export_onnx
+
+    path = tmp / "dense.onnx"
+    export_onnx(model, path, size)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning threads slowing the others
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x.numpy()})
+
+
+def bench_model(
+    dense_name: str, sparsities: list[float], min_seconds: float, ort_threads: int = 0
+) -> tuple[dict, list[dict]]:
     """End-to-end medians (ms) and per-1x1-conv medians (ms) of the dense and sparse deployed models."""
     dense, sparse = _deployed_pair(dense_name, MODELS[dense_name], sparsities)
-    x = torch.randn(1, *dense.pretrained_cfg["input_size"])
-    with torch.inference_mode():
+    size = tuple(dense.pretrained_cfg["input_size"])
+    x = torch.randn(1, *size)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         cands = {"dense": lambda: dense(x)} | {f"s{s:.0%}": (lambda m=m: m(x)) for s, m in sparse.items()}
+        if ort_threads:
+            run_ort = _ort_runner(dense, size, ort_threads, Path(tmp))
+            cands["dense_ort"] = lambda: run_ort(x)
         e2e = {k: v.median_ms for k, v in time_side_by_side(cands, min_seconds=min_seconds).items()}
         inputs = _pw_inputs(sparse[sparsities[0]], x)
         dense_mods = dict(dense.named_modules())
@@ -187,6 +214,12 @@ def _print_tables(results: dict, sparsities: list[float]) -> list[dict]:
     for name, (e2e, _layers) in results.items():
         print(f"{name:18s} {e2e['dense']:9.2f} " + " ".join(f"{e2e['dense'] / e2e[c]:7.2f}" for c in cols))
         rows.append({"model": name, "scope": "end-to-end", "dense_ms": e2e["dense"]} | {c: e2e[c] for c in cols})
+        if "dense_ort" in e2e:
+            ort_ms = e2e["dense_ort"]
+            print(f"{'  vs onnxruntime':18s} {ort_ms:9.2f} " + " ".join(f"{ort_ms / e2e[c]:7.2f}" for c in cols))
+            rows.append(
+                {"model": name, "scope": "end-to-end vs onnxruntime", "dense_ms": ort_ms} | {c: e2e[c] for c in cols}
+            )
     print("\n1x1 convs only (sum over the layers, each timed on its real input): dense ms, dense/sparse ratio")
     for name, (e2e, layers) in results.items():
         tot = {k: sum(r[k] for r in layers) for k in ["dense", *cols]}
@@ -213,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per candidate (at least)")
     p.add_argument("--out", default="out/benchmarks/sparse.csv")
+    p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime dense baseline")
     p.add_argument("--calibrate", action="store_true", help="fit the kernel cost model instead")
     p.add_argument("--csv", default="out/benchmarks/sparse_calibration.csv", help="raw calibration timings")
     p.add_argument("--fit-only", action="store_true", help="with --calibrate: refit from --csv, measure nothing")
@@ -224,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         calibrate(args.min_seconds, args.csv, args.fit_only)
         return 0
     sparsities = [float(s) for s in args.sparsities.split(",")]
-    results = {name: bench_model(name, sparsities, args.min_seconds) for name in args.models.split(",")}
+    ort_threads = 0 if args.no_ort else args.threads
+    results = {name: bench_model(name, sparsities, args.min_seconds, ort_threads) for name in args.models.split(",")}
     rows = _print_tables(results, sparsities)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:

@@ -485,6 +485,9 @@ def prune_random(
 ) -> dict[str, float]:
     """Random masks at ``sparsity`` for every sparse layer (uniform over its units): how sparse variants start.
 
+    The layers must be dense (all-ones masks, e.g. fresh or loaded from a dense checkpoint): a weight pruned before
+    is zero, so a new random mask would keep zeros and leave the layer sparser than asked.
+
     Args:
         model: a model with sparse layers.
         sparsity: per-layer sparsity in [0, 1).
@@ -494,7 +497,14 @@ def prune_random(
     Returns:
         :func:`sparsity_report` after pruning.
     """
-    for _, layer in _require_layers(model, sparsity, pattern):
+    layers = _require_layers(model, sparsity, pattern)
+    pruned = [name for name, layer in layers if not layer.mask.all()]
+    if pruned:
+        raise ValueError(
+            f"prune_random needs dense layers, but {len(pruned)} are already pruned (e.g. {pruned[0]}); load dense "
+            "weights first (model.load_state_dict(dense_state_dict) loads dense masks) or use prune_magnitude"
+        )
+    for _, layer in layers:
         scores = torch.rand(layer.weight_matrix().shape, generator=generator)
         layer.set_mask(compute_mask(scores, sparsity, _layer_pattern(layer, pattern)))
     return sparsity_report(model)

@@ -380,3 +380,17 @@ def test_ddp_masks_identical_on_all_ranks(tmp_path) -> None:
     for k in masks:
         assert abs((~r0[k]).float().mean().item() - 0.8) < 0.01, k
         assert (r0[k.replace("mask", "weight")][~r0[k]] == 0).all()
+
+
+def test_random_masks_need_dense_layers() -> None:
+    model = _Tiny(last_pattern="block4")
+    report = blocks.sparse.prune_random(model, 0.75)
+    assert all(v == 0.75 for v in report.values())
+    kept = model.pw2.conv.mask.view(4, 4, 32)  # out, in -> out/4, 4, in
+    assert (kept.all(1) | ~kept.any(1)).all()
+    with pytest.raises(ValueError, match="needs dense layers"):
+        blocks.sparse.prune_random(model, 0.5)
+    model.load_state_dict({k: v for k, v in _Tiny().state_dict().items() if not k.endswith(".mask")})
+    blocks.sparse.prune_random(model, 0.5)
+    for _, layer in blocks.sparse.sparse_layers(model):
+        assert int((layer.weight != 0).sum()) == int(layer.mask.sum())  # kept weights are the dense ones
