@@ -147,9 +147,8 @@ class MHSA(nn.Module):
     """Vanilla multi-head self-attention over tokens (B, N, C), as the hybrid stages of EfficientMod use.
 
     The attention itself is ``F.scaled_dot_product_attention``, as in the original (fused kernels in eager; the
-    exporters lower it to matrix products and a softmax). ``torch.utils.flop_counter`` (``zoo.count_macs``) has no
-    formula for its CPU kernel, like fvcore, which the paper counted with: the two attention products are not in
-    either count (:meth:`attention_macs` gives them).
+    exporters lower it to matrix products and a softmax). ``zoo.count_macs`` counts its two products (it runs the
+    math backend); fvcore, which the paper counted with, does not see them (:meth:`attention_macs` gives them).
 
     Args:
         dim: token channels.

@@ -17,6 +17,7 @@ missing or whose fingerprint changed; rendering itself builds no model, and a te
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -330,6 +331,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", default=BENCH_PATH, help=f"zoo bench results JSON (default {BENCH_PATH})")
     p.add_argument("--plot", default=PLOT_PATH, help=f"Pareto plot to embed, if it exists (default {PLOT_PATH})")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 when anything is out of date")
+    p.add_argument(
+        "--remeasure",
+        nargs="*",
+        metavar="PATTERN",
+        help="measure these models again although their fingerprint matches (no pattern: all), e.g. after a change "
+        "in how MACs are counted",
+    )
     return p
 
 
@@ -350,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for msg in problems:
             print(f"zoo cards: {msg}; run `zoo cards` to update", file=sys.stderr)
         return 1 if problems else 0
+    if args.remeasure is not None:
+        drop = {n for n in names if not args.remeasure or any(fnmatch.fnmatch(n, pat) for pat in args.remeasure)}
+        stats = {k: v for k, v in stats.items() if k not in drop}
     stats, measured = update_stats(stats, names)
     Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
     Path(args.stats).write_text(_dump_stats(stats))

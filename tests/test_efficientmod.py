@@ -22,7 +22,7 @@ NAMES = ("efficientmod_xxs", "efficientmod_xs", "efficientmod_s", "efficientmod_
 # Parameter counts of the authors' implementation (1000 classes), measured by running it; the paper's MACs.
 PARAMS = dict(zip(NAMES, (4_736_264, 6_627_544, 12_897_184, 12_872_336)))
 PAPER_MACS = dict(zip(NAMES, (0.557e9, 0.710e9, 1.317e9, 1.471e9)))
-# the two attention products per hybrid variant at 224 px (counted by neither fvcore nor torch's flop counter)
+# the two attention products per hybrid variant at 224 px: zoo.count_macs counts them, the paper's fvcore count does not
 ATTN_MACS = dict(zip(NAMES, (22_127_616, 63_155_904, 84_668_864, 0)))
 
 
@@ -31,7 +31,6 @@ def test_params_equal_original_and_macs_match_paper(name: str) -> None:
     model = zoo.create_model(name)
     assert zoo.count_params(model) == PARAMS[name]
     macs = zoo.count_macs(model, (3, 224, 224))
-    assert abs(macs - PAPER_MACS[name]) / PAPER_MACS[name] < 0.03
     attn = sum(
         blk.attn.attention_macs((224 // 2 ** (i + 2)) ** 2)
         for i, stage in enumerate(model.stages)
@@ -39,6 +38,8 @@ def test_params_equal_original_and_macs_match_paper(name: str) -> None:
         if isinstance(blk, AttentionBlock)
     )
     assert attn == ATTN_MACS[name]
+    # everything but the attention products is what the paper counted
+    assert abs(macs - attn - PAPER_MACS[name]) / PAPER_MACS[name] < 0.03
 
 
 def _tiny_from_blob(blob: dict) -> EfficientMod:

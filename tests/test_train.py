@@ -146,9 +146,12 @@ def test_finetune_frozen_backbone_new_classes(folder, tmp_path, monkeypatch) -> 
 
 
 def test_features_amp_ema_accum_channels_last(folder, tmp_path) -> None:
+    # 64 px, not 16: at 16 px EfficientViT's stride-2 depthwise convs see 1x1 maps, where torch 2.14's oneDNN bf16
+    # channels-last weight gradient returns garbage (~1e32) now and then, and clipping turns it into NaN everywhere
     cfg = tiny_config(
         folder,
         tmp_path / "run",
+        img_size=64,
         epochs=1,
         amp=True,
         model_ema=True,
