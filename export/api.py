@@ -273,7 +273,13 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
             return job.graph(x)
 
     cands = {"pytorch eager (folded)": eager, **{k: (lambda f=f: f(x)) for k, f in job.runners.items()}}
-    timing = time_side_by_side(cands, warmup=3, min_runs=10, min_seconds=job.opts.latency_seconds, max_runs=300)
+    threads = torch.get_num_threads()
+    if job.opts.threads:  # the same thread budget for PyTorch as for onnxruntime
+        torch.set_num_threads(job.opts.threads)
+    try:
+        timing = time_side_by_side(cands, warmup=3, min_runs=10, min_seconds=job.opts.latency_seconds, max_runs=300)
+    finally:
+        torch.set_num_threads(threads)
     lat = {k: round(t.median_ms, 4) for k, t in timing.items()}
     owners = {
         "onnx": "onnxruntime fp32",
