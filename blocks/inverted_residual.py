@@ -16,7 +16,9 @@ One implementation serves MobileNetV1/V2, EfficientNet, TinyNet, FBNet, Proxyles
 * :func:`round_channels`: width scaling, ``make_divisible(c * multiplier, 8)`` never more than 10 % below
   ``c * multiplier`` (timm's ``round_channels``);
 * :func:`build_stages`: the blocks of every stage from a decoded table, plus the feature levels (output of the last
-  stage at each stride, and the stem when the first block already downsamples), as timm lists them.
+  stage at each stride, and the stem when the first block already downsamples), as timm lists them. Two switches
+  cover FBNet's mobile-vision release: ``conv_bias`` (every conv has a bias) and ``always_pw=False`` (no expansion
+  conv at expansion 1).
 
 Every BatchNorm sits in a :class:`~blocks.convbn.ConvBN`, so ``reparameterize_model`` folds all of them; DropPath is
 removed by the walker. Module names follow timm's ``conv_pw``/``conv_dw``/``se``/``conv_pwl`` so that a timm key maps
