@@ -68,9 +68,9 @@ def _window_geometry(res: int, window: int, shifted: bool) -> _Windows:
     return _Windows(res, window, window // 2 if shifted else 0)
 
 
-def _partition(x: torch.Tensor, g: _Windows) -> torch.Tensor:
+def _partition(x: torch.Tensor, g: _Windows, c: int) -> torch.Tensor:
     """B, L, C tokens -> B * nW, size * size, C window tokens (after the cyclic shift)."""
-    r, s, c = g.res, g.size, x.shape[-1]
+    r, s = g.res, g.size
     x = x.reshape(-1, r, r, c)  # B, L, C -> B, H, W, C
     if g.shift:
         x = torch.roll(x, shifts=(-g.shift, -g.shift), dims=(1, 2))
@@ -78,9 +78,9 @@ def _partition(x: torch.Tensor, g: _Windows) -> torch.Tensor:
     return x.reshape(-1, s * s, c)  # -> B * nW, s * s, C
 
 
-def _reverse(x: torch.Tensor, g: _Windows) -> torch.Tensor:
+def _reverse(x: torch.Tensor, g: _Windows, c: int) -> torch.Tensor:
     """Inverse of :func:`_partition`."""
-    r, s, c = g.res, g.size, x.shape[-1]
+    r, s = g.res, g.size
     x = x.reshape(-1, r // s, r // s, s, s, c).transpose(2, 3).reshape(-1, r, r, c)  # B * nW, s * s, C -> B, H, W, C
     if g.shift:
         x = torch.roll(x, shifts=(g.shift, g.shift), dims=(1, 2))
@@ -93,7 +93,7 @@ def _shift_mask(g: _Windows) -> torch.Tensor:
     cuts = (slice(0, -g.size), slice(-g.size, -g.shift), slice(-g.shift, None))
     for i, (h, w) in enumerate(itertools.product(cuts, cuts)):
         grid[:, h, w, :] = i
-    ids = _partition(grid.reshape(1, -1, 1), _Windows(g.res, g.size, 0))[..., 0]  # nW, N region ids
+    ids = _partition(grid.reshape(1, -1, 1), _Windows(g.res, g.size, 0), 1)[..., 0]  # nW, N region ids
     return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
 
 
@@ -133,7 +133,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, n, h, d = self.g, self.n, self.num_heads, self.head_dim
-        x = _partition(x, g) if g.count > 1 else x
+        x = _partition(x, g, self.dim) if g.count > 1 else x
         # B*nW, N, 3C -> B*nW, N, 3, h, d -> 3, B*nW, h, N, d
         q, k, v = self.qkv(x).reshape(-1, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self._bias()
@@ -143,7 +143,7 @@ class WindowAttention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.reshape(-1, h, n, d).transpose(1, 2).reshape(-1, n, self.dim)  # B*nW, h, N, d -> B*nW, N, C
         x = self.proj_drop(self.proj(x))
-        return _reverse(x, g) if g.count > 1 else x
+        return _reverse(x, g, self.dim) if g.count > 1 else x
 
     @torch.no_grad()
     def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -156,7 +156,7 @@ class WindowAttention(nn.Module):
         if self.deployed:
             return
         self.register_buffer("attn_bias", self._bias().contiguous(), persistent=False)
-        self.relative_position_bias_table = None
+        self.relative_position_bias_table = self.relative_position_index = self.attn_mask = None
         self.deployed = True
 
 
@@ -170,7 +170,7 @@ class WindowLinearAttention(SimplifiedLinearAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.g.count == 1:
             return super().forward(x)
-        return _reverse(super().forward(_partition(x, self.g)), self.g)
+        return _reverse(super().forward(_partition(x, self.g, self.dim)), self.g, self.dim)
 
 
 class PatchEmbed(nn.Module):
