@@ -17,7 +17,7 @@ Which layers are sparse (the authors' ``fastconvnets/README.md`` and model file 
 
 Models are created with the target sparsity applied: random masks (uniform over the units of each layer, every
 sparse layer at the same sparsity), so that the deploy path and the benchmark are real before any training. A
-dense checkpoint (timm's, or this zoo's dense family) loads with dense masks (``mask = weight != 0``); prune it with
+dense checkpoint (timm's, or this zoo's dense family) loads with all-ones (dense) masks; prune it with
 ``blocks.prune_magnitude`` (one shot) or ``blocks.make_pruner`` (gradual, the paper's Zhu & Gupta recipe).
 
 Deviations from the original:
@@ -90,12 +90,12 @@ def _add_masks(state_dict: dict[str, torch.Tensor], sparse_fc: bool) -> dict[str
     for key, w in list(out.items()):
         is_pw = key.endswith(".conv.weight") and w.dim() == 4 and w.shape[2:] == (1, 1)  # not stem, dw or SE convs
         if is_pw or (sparse_fc and key == "classifier.weight"):
-            out[key[: -len("weight")] + "mask"] = w != 0
+            out[key[: -len("weight")] + "mask"] = torch.ones_like(w, dtype=torch.bool)
     return out
 
 
 def convert_dense(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A dense MobileNet checkpoint (timm's or ours) with masks ``weight != 0`` for the sparse 1x1 convs. Pure."""
+    """A dense MobileNet checkpoint (timm's or ours) with all-ones masks for the sparse 1x1 convs. Pure."""
     return _add_masks(state_dict, sparse_fc=False)
 
 
