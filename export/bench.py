@@ -350,6 +350,22 @@ def _row(subject: _Subject, runtime: str, batch: int, status: str, reason: str =
     }
 
 
+def _failed_model_rows(
+    name: str, runtimes: Sequence[str], batches: Sequence[int], error: BaseException
+) -> list[dict[str, Any]]:
+    """Error rows for a model that failed before any runtime ran (building, counting, folding)."""
+    family = zoo.get_family(name)
+    size = list(family.cfgs[name].input_size)
+    reason = f"model preparation failed: {_error_text(error)}"
+    unknown = dict.fromkeys(("params", "params_deployed", "macs", "top1_paper"))
+    return [
+        {"model": name, "family": family.name, "runtime": rt, "batch": b, "input_size": size, "status": "error"}
+        | {"reason": reason, **unknown}
+        for b in batches
+        for rt in runtimes
+    ]
+
+
 def _error_text(e: BaseException) -> str:
     first = str(e).strip().splitlines()
     return f"{type(e).__name__}: {first[0] if first else ''}"[:300]
@@ -388,20 +404,26 @@ def _time_runners(
 ) -> list[dict[str, Any]]:
     if not runners:
         return []
-    timings = time_side_by_side(
-        {rt: r.fn for rt, r in runners.items()},
-        warmup=settings.warmup,
-        min_runs=settings.min_runs,
-        min_seconds=settings.min_seconds,
-        max_runs=settings.max_runs,
-    )
+    try:
+        timings = time_side_by_side(
+            {rt: r.fn for rt, r in runners.items()},
+            warmup=settings.warmup,
+            min_runs=settings.min_runs,
+            min_seconds=settings.min_seconds,
+            max_runs=settings.max_runs,
+        )
+    except Exception as e:  # noqa: BLE001 - reported on this model's rows; the grid goes on
+        return [_row(subject, rt, batch, "error", f"while timing: {_error_text(e)}") for rt in runners]
     rows = []
     for rt, runner in runners.items():
         t = timings[rt]
-        peak = runner.memory()
+        try:
+            peak, note = runner.memory(), ""
+        except Exception as e:  # noqa: BLE001 - the latency stands; the memory figure is left out, with the reason
+            peak, note = None, f"peak memory not measured: {_error_text(e)}"
         rows.append(
             {
-                **_row(subject, rt, batch, "ok"),
+                **_row(subject, rt, batch, "ok", note),
                 "median_ms": round(t.median_ms, 4),
                 "p90_ms": round(t.p90_ms, 4),
                 "mean_ms": round(t.mean_ms, 4),
@@ -444,7 +466,11 @@ def run_bench(
     with warnings.catch_warnings(), tqdm(total=len(names) * len(runtimes) * len(batches), desc="bench") as bar:
         warnings.simplefilter("ignore")
         for name in names:
-            rows.extend(bench_model(name, runtimes, batches, settings, bar))
+            try:
+                rows.extend(bench_model(name, runtimes, batches, settings, bar))
+            except Exception as e:  # noqa: BLE001 - e.g. the model cannot be built: its rows say why, the rest runs
+                rows.extend(_failed_model_rows(name, runtimes, batches, e))
+                bar.update(len(runtimes) * len(batches))
     skipped = {rt: r for rt in runtimes if (r := skip_reason(rt, settings.device))}
     return {
         "machine": machine_info(settings.threads, settings.device),

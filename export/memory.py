@@ -19,9 +19,25 @@ from torch.utils._pytree import tree_leaves
 __all__ = ["peak_tensor_memory"]
 
 
-def _key(t: torch.Tensor) -> int | None:
-    """Identity of a tensor's storage (the same for every view of it)."""
-    return None if t.device.type == "meta" else StorageWeakRef(t.untyped_storage()).cdata
+_COMPRESSED = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def _strided_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """The strided tensors holding ``t``'s data: itself, or the index and value arrays of a sparse tensor."""
+    if t.device.type == "meta":
+        return []
+    if t.layout in _COMPRESSED:
+        if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            return [t.crow_indices(), t.col_indices(), t.values()]
+        return [t.ccol_indices(), t.row_indices(), t.values()]
+    if t.layout == torch.sparse_coo:
+        return [t._indices(), t._values()]
+    return [t]
+
+
+def _key(t: torch.Tensor) -> int:
+    """Identity of a strided tensor's storage (the same for every view of it)."""
+    return StorageWeakRef(t.untyped_storage()).cdata
 
 
 class _LiveStorages(TorchDispatchMode):
@@ -44,14 +60,14 @@ class _LiveStorages(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         # outputs that share an input's storage (in-place ops, views of weights or inputs) allocate nothing
-        inputs = {_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                ref = StorageWeakRef(t.untyped_storage())
-                if ref.cdata not in self.live and ref.cdata not in inputs:
-                    nbytes = t.untyped_storage().nbytes()
-                    self.live[ref.cdata] = (ref, nbytes)
-                    self.current += nbytes
+        leaves = [p for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) for p in _strided_parts(t)]
+        inputs = {_key(t) for t in leaves}
+        for t in (p for o in tree_leaves(out) if isinstance(o, torch.Tensor) for p in _strided_parts(o)):
+            ref = StorageWeakRef(t.untyped_storage())
+            if ref.cdata not in self.live and ref.cdata not in inputs:
+                nbytes = t.untyped_storage().nbytes()
+                self.live[ref.cdata] = (ref, nbytes)
+                self.current += nbytes
         self.peak = max(self.peak, self.current)
         return out
 

@@ -127,6 +127,47 @@ def test_peak_tensor_memory_counts_live_storages() -> None:
     assert peak_tensor_memory(lambda: torch.nn.functional.linear(x[:1024].view(1, 1024), w)) == 256 * 4
 
 
+def test_peak_tensor_memory_with_sparse_tensors() -> None:
+    """A CSR weight (what deployed sparse layers multiply with) is an input, its product a new dense tensor."""
+    w = torch.randn(64, 128)
+    w[torch.rand_like(w) < 0.9] = 0
+    csr, x = w.to_sparse_csr(), torch.randn(128, 32)
+    assert peak_tensor_memory(lambda: torch.mm(csr, x)) == 64 * 32 * 4
+    made = peak_tensor_memory(lambda: w.to_sparse_csr())  # index and value arrays of a new sparse tensor
+    assert made >= int((w != 0).sum()) * 4
+
+
+def test_deployed_sparse_model_is_measured() -> None:
+    settings = BenchSettings(threads=1, imgsz=64, warmup=1, min_runs=2, max_runs=2, min_seconds=0)
+    rows = bench_model("sparse_mobilenetv1_075_s90", ["deployed"], [1], settings)
+    assert rows[0]["status"] == "ok" and rows[0]["peak_mem_mb"] > 0 and rows[0]["reason"] == ""
+
+
+def test_failures_stay_in_their_rows(monkeypatch, tmp_path) -> None:
+    settings = BenchSettings(threads=1, imgsz=64, warmup=1, min_runs=2, max_runs=2, min_seconds=0)
+    real_subject = bench._subject
+
+    def subject(name, settings):
+        if name == "efficientvit_m1":
+            raise RuntimeError("cannot build")
+        return real_subject(name, settings)
+
+    def no_memory(fn, device="cpu"):
+        raise NotImplementedError("no storage")
+
+    monkeypatch.setattr(bench, "_subject", subject)
+    monkeypatch.setattr(bench, "peak_tensor_memory", no_memory)
+    result = bench.run_bench(["efficientvit_m1", "efficientvit_m0"], ["eager"], [1], settings)
+    by_model = {r["model"]: r for r in result["results"]}
+    assert by_model["efficientvit_m1"]["status"] == "error"
+    assert by_model["efficientvit_m1"]["reason"] == "model preparation failed: RuntimeError: cannot build"
+    bench.write_results(result, tmp_path / "r.json")  # error rows are written like the others
+    assert "model preparation failed" in (tmp_path / "r.csv").read_text()
+    m0 = by_model["efficientvit_m0"]
+    assert m0["status"] == "ok" and m0["median_ms"] > 0 and m0["peak_mem_mb"] is None
+    assert m0["reason"] == "peak memory not measured: NotImplementedError: no storage"
+
+
 def test_pareto_front() -> None:
     pts = [
         {"model": "a", "latency_ms": 1.0, "top1": 70.0},
