@@ -9,7 +9,7 @@ threads) as a stronger dense baseline: eager PyTorch runs batch-1 1x1 convolutio
 im2col + GEMM path, not oneDNN.
 
     python benchmarks/sparse.py                          # the table
-    python benchmarks/sparse.py --calibrate              # re-fit blocks.sparse.COST_MODEL on this machine
+    python benchmarks/sparse.py --calibrate              # re-fit the cost model of the sparse kernel in use
 
 ``--calibrate`` times the dense 1x1 convolution against the CSR product over a grid of layer shapes and
 densities and prints the least-squares fit of :class:`blocks.sparse.KernelCostModel` and how often its decision
@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import blocks  # noqa: E402
 import zoo  # noqa: E402
-from blocks.sparse import COST_MODEL, KernelCostModel, SparseConv2d, prune_random, sparse_kernel_is_faster  # noqa: E402
+from blocks import native  # noqa: E402
+from blocks.sparse import KernelCostModel, SparseConv2d, active_cost_model, prune_random, sparse_kernel_is_faster  # noqa: E402
 from export.latency import time_side_by_side  # noqa: E402
 
 # (in, out) channel pairs of the 1x1 convs of MobileNetV1/V2 and EfficientNet-B0, with the spatial sizes they see.
@@ -99,7 +100,7 @@ def fit_cost_model(r: np.ndarray) -> KernelCostModel:
     cs = _robust_nnls(np.stack([np.ones_like(ts), nnz * cols, out_f * cols], 1), ts)
     inv = lambda c: float(1 / max(c, 1e-12))  # noqa: E731
     fit = KernelCostModel(float(cd[0]), inv(cd[1]), inv(cd[2]), float(cs[0]), inv(cs[1]), inv(cs[2]))
-    for name, model in (("current", COST_MODEL), ("fitted", fit)):
+    for name, model in (("current", active_cost_model()), ("fitted", fit)):
         pred = np.array(
             [
                 model.sparse_us(int(o), int(n), int(c)) < model.dense_us(int(o), int(i), int(c))
@@ -231,7 +232,7 @@ def _print_tables(results: dict, sparsities: list[float]) -> list[dict]:
         )
         rows.append({"model": name, "scope": "1x1 convs", "dense_ms": tot["dense"]} | {c: tot[c] for c in cols})
     for name, (_, layers) in results.items():
-        print(f"\nPer 1x1 conv, {name}: dense/sparse ratio (kernel the cost model picked)")
+        print(f"\nPer 1x1 conv, {name}: dense/sparse ratio (kernel the cost model picked: csr = the sparse product)")
         for r in layers:
             cells = " ".join(f"{r['dense'] / r[c]:5.2f} {r['kernel_' + c]:5s}" for c in cols)
             print(f"  {r['layer']:28s} {r['in']:5d}->{r['out']:<5d} {r['hw']:3d}px {r['dense']:7.3f} ms  {cells}")
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
+    print(f"sparse product: {native.kernel_status()} (ZOO_SPARSE_KERNEL=mkl selects torch's MKL product)")
     if args.calibrate:
         calibrate(args.min_seconds, args.csv, args.fit_only)
         return 0

@@ -16,11 +16,34 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["fold_bn", "ConvBN", "LinearBN", "BNLinear", "set_bn_frozen"]
 
 ConvBNMode = Literal["train", "eval", "tune", "deploy"]
+
+
+_INPLACE_ACTS = {
+    nn.ReLU: F.relu_,
+    nn.ReLU6: lambda y: F.hardtanh_(y, 0.0, 6.0),
+    nn.Hardswish: lambda y: F.hardswish(y, inplace=True),
+    nn.SiLU: lambda y: F.silu(y, inplace=True),
+}
+
+
+def _act_on_fresh(act: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``act(y)`` for a tensor nobody else holds (a conv's output), in place where that is safe.
+
+    Without autograd, and outside tracing/export/compilation (whose graphs keep the ordinary op): an in-place
+    activation saves allocating, and touching, a second activation-sized buffer at deploy time.
+    """
+    inplace = _INPLACE_ACTS.get(type(act))
+    if inplace is None or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return act(y)
+    if torch.compiler.is_exporting():
+        return act(y)
+    return inplace(y)
 
 
 def fold_bn(
@@ -119,7 +142,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
-            return self.act(self.conv(x))
+            return _act_on_fresh(self.act, self.conv(x))
         if self.tune and not self.bn.training:
             w, b = fold_bn(self.conv.weight, self.conv.bias, self.bn)
             return self.act(self.conv._conv_forward(x, w, b))

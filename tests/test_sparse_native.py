@@ -1,0 +1,131 @@
+"""The native sparse kernel (``blocks/csrc/spmm.c``): exact against torch, and the MKL fallback when it cannot build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err
+
+import blocks
+from blocks import SparseConv2d, SparseLinear, native, prune_magnitude
+
+needs_cc = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    """Forget the loaded kernel before and after (a test may change ZOO_SPARSE_KERNEL or the cache)."""
+    native.reset()
+    yield monkeypatch
+    monkeypatch.undo()
+    native.reset()
+
+
+def _csr(rows: int, cols: int, density: float, empty_rows: int = 0) -> torch.Tensor:
+    w = torch.randn(rows, cols)
+    w[torch.rand_like(w) > density] = 0
+    w[:empty_rows] = 0  # rows without a single non-zero
+    return w
+
+
+@needs_cc
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 48, 49, 64, 65, 196, 300, 3136])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_product_matches_torch(n: int, threads: int) -> None:
+    w = _csr(37, 53, 0.15, empty_rows=2)
+    csr = w.to_sparse_csr()
+    parts = (csr.crow_indices().int(), csr.col_indices().int(), csr.values())
+    x, bias = torch.randn(53, n), torch.randn(37)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.native_spmm(*parts, 53, x, bias)
+        no_bias = native.native_spmm(*parts, 53, x, None)
+    finally:
+        torch.set_num_threads(before)
+    assert rel_err(out, w @ x + bias[:, None]) <= 1e-6
+    assert rel_err(no_bias, w @ x) <= 1e-6
+    assert torch.equal(out[:2], bias[:2, None].expand(2, n))  # empty rows hold the bias
+
+
+@needs_cc
+def test_native_product_checks_its_arguments() -> None:
+    csr = _csr(8, 12, 0.5).to_sparse_csr()
+    parts = (csr.crow_indices().int(), csr.col_indices().int(), csr.values())
+    with pytest.raises(ValueError, match=r"x must be \(12, n\)"):
+        native.native_spmm(*parts, 12, torch.randn(11, 4), None)  # would read past x
+    with pytest.raises(ValueError, match="indptr must be a contiguous CPU torch.int32"):
+        native.native_spmm(csr.crow_indices(), *parts[1:], 12, torch.randn(12, 4), None)  # int64 indices
+    with pytest.raises(ValueError, match="x must be a contiguous"):
+        native.native_spmm(*parts, 12, torch.randn(4, 12).t(), None)
+    with pytest.raises(ValueError, match="bias must have 8 elements"):
+        native.native_spmm(*parts, 12, torch.randn(12, 4), torch.randn(7))
+
+
+@needs_cc
+def test_deployed_layers_use_the_native_kernel(fresh_kernel) -> None:
+    assert native.kernel_name() == "native", native.kernel_status()
+    conv, lin = SparseConv2d(128, 96), SparseLinear(256, 100)
+    prune_magnitude(conv, 0.9)
+    prune_magnitude(lin, 0.9)
+    calls = []
+    real = native.native_spmm
+    fresh_kernel.setattr(native, "native_spmm", lambda *a: calls.append(1) or real(*a))
+    fresh_kernel.setattr(blocks.sparse, "sparse_kernel_is_faster", lambda *a, **k: True)  # whatever the cost model says
+    for layer in (conv, lin):
+        layer.reparameterize()
+    x, rows = torch.randn(2, 128, 20, 20), torch.randn(3, 256)
+    with torch.no_grad():
+        assert rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias)) <= 1e-5
+        assert len(calls) == 2  # one product per sample
+        assert (
+            rel_err(conv(x.contiguous(memory_format=torch.channels_last)), F.conv2d(x, conv.weight, conv.bias)) <= 1e-5
+        )
+        assert rel_err(lin(rows), F.linear(rows, lin.weight, lin.bias)) <= 1e-5
+    assert len(calls) == 2 + 2 + 1  # then the classifier's product over its three rows
+
+
+def test_mkl_product_when_asked(fresh_kernel) -> None:
+    fresh_kernel.setenv("ZOO_SPARSE_KERNEL", "mkl")
+    assert native.kernel_name() == "mkl" and "ZOO_SPARSE_KERNEL=mkl" in native.kernel_status()
+    assert blocks.sparse.active_cost_model() is blocks.sparse.COST_MODEL
+    conv = SparseConv2d(128, 96)
+    prune_magnitude(conv, 0.9)
+    conv.reparameterize()
+    x = torch.randn(2, 128, 20, 20)
+    with torch.no_grad():
+        csr, bias, _ = conv._csr_weight()
+        assert rel_err(conv._sparse_forward(x, csr, bias), F.conv2d(x, conv.weight, conv.bias)) <= 1e-5
+
+
+def test_a_failed_build_falls_back_and_says_why(fresh_kernel, tmp_path) -> None:
+    if native._compiler() is None:
+        assert "no C compiler" in native.kernel_status() and native.kernel_name() == "mkl"
+        return
+    bad = tmp_path / "spmm.c"
+    bad.write_text("this is not C\n")
+    fresh_kernel.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    fresh_kernel.setattr(native, "SOURCE", bad)
+    assert native.kernel_name() == "mkl"
+    assert "native kernel unavailable" in native.kernel_status() and "failed" in native.kernel_status()
+    assert not list((tmp_path / "cache" / "kernels").glob("*")), "no half-written library is left behind"
+    native.reset()
+    fresh_kernel.setenv("ZOO_SPARSE_KERNEL", "native")
+    with pytest.raises(RuntimeError, match="ZOO_SPARSE_KERNEL=native, but the native sparse kernel is unavailable"):
+        native.kernel_name()
+    native.reset()
+    fresh_kernel.setenv("ZOO_SPARSE_KERNEL", "fast")
+    with pytest.raises(ValueError, match="use auto, native or mkl"):
+        native.kernel_name()
+
+
+@needs_cc
+def test_kernel_is_built_once_per_cache(fresh_kernel, tmp_path) -> None:
+    fresh_kernel.setenv("ZOO_CACHE", str(tmp_path))
+    assert native.spmm_available()
+    built = list((tmp_path / "kernels").glob("spmm-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    native.reset()
+    assert native.spmm_available() and built[0].stat().st_mtime_ns == stamp  # found, not rebuilt
