@@ -200,7 +200,7 @@ def _variant_row(family: Family, name: str, stats: Mapping[str, Any], index: Map
         str(res),
         _params(st.get("params"), rep.params_m if rep else None),
         _macs(st.get("macs"), rep.macs_g if rep else None, rep.resolution if rep else res, res),
-        f"{rep.top1:g}" if rep and rep.top1 is not None else "—",
+        _top1_text(rep),
         _cell(rep.latency if rep else ""),
         _latency(index, name, "onnxruntime", res),
         _latency(index, name, "deployed", res),
@@ -241,6 +241,18 @@ def _family_facts(family: Family) -> list[str]:
     if numbers:
         lines.append(f"- Paper numbers from: {'; '.join(numbers)}.")
     return lines
+
+
+_DATASET_NAMES = {"cifar-10": "CIFAR-10", "cifar-100": "CIFAR-100"}
+
+
+def _top1_text(rep: Any) -> str:
+    """The paper's top-1, with its dataset named when it is not ImageNet-1k."""
+    if rep is None or rep.top1 is None:
+        return "—"
+    if rep.dataset == "imagenet-1k":
+        return f"{rep.top1:g}"
+    return f"{rep.top1:g} ({_DATASET_NAMES.get(rep.dataset, rep.dataset)})"
 
 
 def _family_section(family: Family, stats: Mapping[str, Any], index: Mapping[tuple[str, str], Any]) -> str:

@@ -15,13 +15,29 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
 def pareto_points(result: dict[str, Any], runtime: str, batch: int = 1) -> list[dict[str, Any]]:
     """``{"model", "family", "latency_ms", "top1"}`` of every model measured on ``runtime`` at ``batch``.
 
-    Models without a reported top-1 (or not measured there) cannot be placed and are left out.
+    Models without a reported ImageNet-1k top-1 (e.g. a CIFAR-10 variant), or not measured there, cannot be placed
+    on the plot's axis and are left out.
     """
     return [
         {"model": r["model"], "family": r["family"], "latency_ms": r["median_ms"], "top1": r["top1_paper"]}
         for r in result["results"]
-        if r["runtime"] == runtime and r["batch"] == batch and r["status"] == "ok" and r["top1_paper"] is not None
+        if r["runtime"] == runtime
+        and r["batch"] == batch
+        and r["status"] == "ok"
+        and r["top1_paper"] is not None
+        and _imagenet_top1(r["model"])
     ]
+
+
+def _imagenet_top1(name: str) -> bool:
+    """Whether the top-1 the registry reports for ``name`` is ImageNet-1k's (unknown models: assumed so)."""
+    import zoo
+
+    try:
+        reported = zoo.get_family(name).reported.get(name)
+    except Exception:  # noqa: BLE001 - a results file from another checkout may name models not registered here
+        return True
+    return reported is None or reported.dataset == "imagenet-1k"
 
 
 def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:

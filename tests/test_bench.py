@@ -12,7 +12,7 @@ import zoo
 from export import bench
 from export.bench import BenchSettings, bench_model, main, skip_reason
 from export.memory import peak_tensor_memory
-from export.pareto import pareto_front
+from export.pareto import pareto_front, pareto_points
 
 # Tiny settings: EfficientViT-M0 at 64 px, a handful of timed runs (this checks the machinery, not the speed).
 FAST = ["--warmup", "1", "--min-runs", "3", "--max-runs", "3", "--min-seconds", "0"]
@@ -177,3 +177,16 @@ def test_pareto_front() -> None:
         {"model": "e", "latency_ms": 9.0, "top1": 80.0},
     ]
     assert [p["model"] for p in pareto_front(pts)] == ["a", "c", "e"]
+
+
+def test_pareto_points_keep_imagenet_top1_only() -> None:
+    def row(model: str, top1: float | None) -> dict:
+        return {"model": model, "family": "f", "runtime": "onnxruntime", "batch": 1, "status": "ok"} | {
+            "median_ms": 1.0,
+            "top1_paper": top1,
+        }
+
+    result = {"results": [row("simplenetv1_5m_m1", 71.9), row("simplenet_cifar_5m", 95.5), row("tinynet_e", None)]}
+    # a CIFAR-10 accuracy has no place on an ImageNet axis; a model with no top-1 cannot be placed
+    assert [p["model"] for p in pareto_points(result, "onnxruntime")] == ["simplenetv1_5m_m1"]
+    assert zoo.get_family("simplenet_cifar_5m").reported["simplenet_cifar_5m"].dataset == "cifar-10"

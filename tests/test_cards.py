@@ -128,3 +128,10 @@ def test_cards_command_measures_only_what_changed(tmp_path, capsys, monkeypatch)
     out.write_text(out.read_text().replace("63.2", "63.3"))
     assert cards.main([*argv, "--check"]) == 1
     assert "differs from what zoo cards renders" in capsys.readouterr().err
+
+
+def test_top1_names_its_dataset_when_not_imagenet() -> None:
+    cifar = zoo.get_family("simplenet_cifar_5m").reported["simplenet_cifar_5m"]
+    assert cards._top1_text(cifar) == "95.51 (CIFAR-10)"
+    assert cards._top1_text(zoo.get_family("efficientvit_m0").reported["efficientvit_m0"]) == "63.2"
+    assert cards._top1_text(None) == "—"

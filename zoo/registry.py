@@ -62,6 +62,7 @@ class Reported:
     resolution: int = 224
     latency: str = ""
     source: str = ""
+    dataset: str = "imagenet-1k"  # what ``top1`` was measured on
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,9 @@ def _reported(name: str) -> Reported:
 
 
 _REPORTED = {n: _reported(n) for n in _FILES}
-_REPORTED["simplenet_cifar_5m"] = Reported(5.48, None, 95.51, 32, "", "paper / SimpleNet_Pytorch README (CIFAR-10)")
+_REPORTED["simplenet_cifar_5m"] = Reported(
+    5.48, None, 95.51, 32, "", "paper / SimpleNet_Pytorch README (CIFAR-10)", dataset="cifar-10"
+)
 
 FAMILY = Family(
     name="simplenet",
