@@ -39,11 +39,20 @@ def _act_on_fresh(act: nn.Module, y: torch.Tensor) -> torch.Tensor:
     activation saves allocating, and touching, a second activation-sized buffer at deploy time.
     """
     inplace = _INPLACE_ACTS.get(type(act))
-    if inplace is None or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return act(y)
-    if torch.compiler.is_exporting():
+    if inplace is None or not inplace_allowed():
         return act(y)
     return inplace(y)
+
+
+def inplace_allowed() -> bool:
+    """Whether a deployed module may overwrite a tensor it just created: no autograd, and not while a graph is being
+    traced, exported or compiled (those keep the ordinary out-of-place op)."""
+    return not (
+        torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
 
 
 def fold_bn(

@@ -6,7 +6,7 @@ import torch
 from timm.layers import DropPath, make_divisible
 from torch import nn
 
-from .convbn import ConvBN
+from .convbn import ConvBN, inplace_allowed
 
 __all__ = ["Residual", "SqueezeExcite", "ConvFFN"]
 
@@ -33,7 +33,10 @@ class Residual(nn.Module):
         if self.identity_folded:
             return self.m(x)
         if self.drop_path is None:
-            return x + self.m(x)
+            y = self.m(x)
+            if self.deployed and inplace_allowed() and y.shape == x.shape and not _shares_memory(x, y):
+                return y.add_(x)  # deploy: add into the branch's fresh output (no third activation-sized buffer)
+            return x + y
         return x + self.drop_path(self.m(x))
 
     @torch.no_grad()
@@ -52,6 +55,10 @@ class Residual(nn.Module):
         conv.weight[idx, idx % in_per_group, k[0] // 2, k[1] // 2] += 1.0
         self.m = conv
         self.identity_folded = True
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _is_same_shape_conv(conv: nn.Conv2d) -> bool:
