@@ -108,3 +108,18 @@ def test_model_info_reports_paper_and_measured() -> None:
     assert info["reported"]["top1"] == 74.3 and info["paper"]["arxiv"] == "2305.07027"
     assert info["pretrained_cfg"]["input_size"] == (3, 224, 224)
     assert info["weights"]["url"].endswith("efficientvit_m4.pth")
+
+
+def test_deployed_runs_channels_last_with_nchw_semantics() -> None:
+    model = blocks.make_bn_realistic(zoo.create_model("efficientvit_m0", img_size=64), (3, 64, 64))
+    deployed = blocks.reparameterize_model(model)
+    conv = deployed.patch_embed.conv1.conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(deployed(x), model.eval()(x)) <= 1e-4  # NCHW input, the same logits
+        feats = deployed.forward_intermediates(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 4, 4), (2, 128, 2, 2), (2, 192, 1, 1)]
+    exported = torch.export.export(deployed, (x,))
+    assert not [n for n in exported.graph.nodes if "clone" in str(n.target)], "the layout change is not in graphs"
+    assert blocks.reparameterize_model(deployed, inplace=True) is deployed  # still idempotent
