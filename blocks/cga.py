@@ -91,6 +91,10 @@ class CascadedGroupAttention(nn.Module):
             bias = self.attention_bias
         else:
             bias = self.attention_biases[:, self.attention_bias_idxs]  # heads, N, N
+        # channels-last maps (the deployed EfficientViT) are token-major in memory: the attention runs on (B, N, c)
+        # views of them, with no copies; NCHW maps run it on (B, c, N) views. The same products either way.
+        tokens = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        alpha = 1.0 if self.deployed else self.scale  # the scale is already folded into q in deploy mode
         feats_in = x.chunk(self.num_heads, dim=1)
         feats_out = []
         feat = feats_in[0]
@@ -99,11 +103,16 @@ class CascadedGroupAttention(nn.Module):
                 feat = feat + feats_in[i]  # the cascade: previous head's output feeds this head
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)  # B, c, H, W each
             q = dw(q)
-            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # B, c, H, W -> B, c, N
-            # bias + scale * q^T k in one op (the scale is already folded into q in deploy mode)
-            attn = torch.baddbmm(bias[i], q.transpose(-2, -1), k, alpha=1.0 if self.deployed else self.scale)
-            attn = attn.softmax(dim=-1)  # B, N, N
-            feat = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_dim, r, r)  # B, d, N -> B, d, H, W
+            if tokens:
+                # B, c, H, W (channels-last) -> B, H, W, c -> B, N, c: views
+                q, k, v = (t.permute(0, 2, 3, 1).flatten(1, 2) for t in (q, k, v))
+                attn = torch.baddbmm(bias[i], q, k.transpose(-2, -1), alpha=alpha).softmax(dim=-1)  # B, N, N
+                # B, N, d -> B, H, W, d -> B, d, H, W (channels-last)
+                feat = (attn @ v).unflatten(1, (r, r)).permute(0, 3, 1, 2)
+            else:
+                q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # B, c, H, W -> B, c, N
+                attn = torch.baddbmm(bias[i], q.transpose(-2, -1), k, alpha=alpha).softmax(dim=-1)  # B, N, N
+                feat = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_dim, r, r)  # B, d, N -> B, d, H, W
             feats_out.append(feat)
         return self.proj(torch.cat(feats_out, dim=1))
 
@@ -162,11 +171,20 @@ class LocalWindowAttention(nn.Module):
         c, ws, nw, r = self.dim, self.window_resolution, self.num_windows, self.resolution
         if self.pad:
             x = F.pad(x, (0, self.pad, 0, self.pad))
-        # B, C, nH*ws, nW*ws -> B, C, nH, ws, nW, ws -> B, nH, nW, C, ws, ws -> B*nH*nW, C, ws, ws
-        x = x.reshape(-1, c, nw, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)
-        x = self.attn(x)
-        # B*nH*nW, C, ws, ws -> B, nH, nW, C, ws, ws -> B, C, nH, ws, nW, ws -> B, C, H', W'
-        x = x.reshape(-1, nw, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, nw * ws, nw * ws)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # the same partition on a channels-last map, kept channels-last (windows are (ws, ws, C) in memory):
+            # B, C, H', W' -> B, H', W', C -> B, nH, ws, nW, ws, C -> B, nH, nW, ws, ws, C -> B*nH*nW, C, ws, ws
+            x = x.permute(0, 2, 3, 1).reshape(-1, nw, ws, nw, ws, c).transpose(2, 3).reshape(-1, ws, ws, c)
+            x = self.attn(x.permute(0, 3, 1, 2))
+            # B*nH*nW, C, ws, ws -> B*nH*nW, ws, ws, C -> B, nH, nW, ws, ws, C -> B, nH, ws, nW, ws, C -> B, C, H', W'
+            x = x.permute(0, 2, 3, 1).reshape(-1, nw, nw, ws, ws, c).transpose(2, 3).reshape(-1, nw * ws, nw * ws, c)
+            x = x.permute(0, 3, 1, 2)
+        else:
+            # B, C, nH*ws, nW*ws -> B, C, nH, ws, nW, ws -> B, nH, nW, C, ws, ws -> B*nH*nW, C, ws, ws
+            x = x.reshape(-1, c, nw, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)
+            x = self.attn(x)
+            # B*nH*nW, C, ws, ws -> B, nH, nW, C, ws, ws -> B, C, nH, ws, nW, ws -> B, C, H', W'
+            x = x.reshape(-1, nw, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, nw * ws, nw * ws)
         if self.pad:
             x = x[:, :, :r, :r]
         return x

@@ -123,3 +123,21 @@ def test_deployed_runs_channels_last_with_nchw_semantics() -> None:
     exported = torch.export.export(deployed, (x,))
     assert not [n for n in exported.graph.nodes if "clone" in str(n.target)], "the layout change is not in graphs"
     assert blocks.reparameterize_model(deployed, inplace=True) is deployed  # still idempotent
+
+
+@pytest.mark.parametrize("resolution", [7, 10, 14])  # one window; padded windows; exact windows
+def test_window_attention_same_in_both_layouts(resolution: int) -> None:
+    from blocks import LocalWindowAttention
+
+    torch.manual_seed(0)
+    attn = LocalWindowAttention(64, 16, 4, 1.0, resolution, 7, (5, 5, 5, 5)).eval()
+    blocks.make_bn_realistic(attn, (64, resolution, resolution))
+    with torch.no_grad():
+        torch.nn.init.normal_(attn.attn.attention_biases)
+    x = torch.randn(2, 64, resolution, resolution)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = attn(x)
+        assert rel_err(attn(xcl), ref) <= 1e-5  # the token-major path on channels-last maps
+        deployed = blocks.reparameterize_model(attn)
+        assert rel_err(deployed(xcl), ref) <= 1e-5 and rel_err(deployed(x), ref) <= 1e-5
