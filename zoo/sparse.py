@@ -144,9 +144,12 @@ kernels do), compiled with the system C compiler on first use, or torch's MKL CS
 
 | dense model (deployed) | dense ms | 70% | 80% | 90% | 90% against onnxruntime's dense model | 1x1 convs only, 90% |
 |---|---|---|---|---|---|---|
-| MobileNetV1 1.0 | 6.38 | 1.17 | 1.47 | 1.86 | 1.78 | 2.88 |
-| MobileNetV2 1.0 | 7.97 | 1.35 | 1.51 | 1.65 | 0.93 | 3.31 |
-| EfficientNet-B0 | 10.58 | 1.31 | 1.44 | 1.57 | 1.02 | 3.29 |
+| MobileNetV1 1.0 | 7.01 | 1.18 | 1.47 | 1.82 | 1.46 | 2.94 |
+| MobileNetV2 1.0 | 8.85 | 1.39 | 1.55 | 1.68 | 0.89 | 3.35 |
+| EfficientNet-B0 | 11.30 | 1.33 | 1.48 | 1.60 | 1.04 | 3.33 |
+
+(`--min-seconds 5`.) MobileNetV1 at 90% over repeated runs: 1.82 and 1.86 in this full table, 1.54-1.69 (six runs)
+with `--models mobilenetv1_100 --sparsities 0.9`, which times only the two models in alternation.
 
 With torch's MKL product instead (`ZOO_SPARSE_KERNEL=mkl`), MobileNetV1 at 90% was 1.2-1.3x end to end (1x1 convs
 1.7-1.9x): MKL runs a CSR product at about a fifth of oneDNN's dense rate per multiply-add. The 1x1 convolutions
