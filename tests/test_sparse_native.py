@@ -129,3 +129,14 @@ def test_kernel_is_built_once_per_cache(fresh_kernel, tmp_path) -> None:
     stamp = built[0].stat().st_mtime_ns
     native.reset()
     assert native.spmm_available() and built[0].stat().st_mtime_ns == stamp  # found, not rebuilt
+
+
+@needs_cc
+def test_unwritable_cache_builds_in_the_temp_folder(fresh_kernel, tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    fresh_kernel.setenv("ZOO_CACHE", str(blocked))  # <file>/kernels cannot be created
+    fresh_kernel.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert native.kernel_name() == "native", native.kernel_status()
+    assert list((tmp_path / "tmp" / "efficient-zoo-kernels").glob("spmm-*.so"))
