@@ -30,6 +30,7 @@ __all__ = [
     "make_repbn_norm",
     "norm_affine",
     "fold_affine_into_linear",
+    "fold_norm_into_head",
     "fold_affine_into_conv_input",
     "fold_affine_into_conv_output",
     "convert_linearnorm",
@@ -183,6 +184,16 @@ def fold_affine_into_linear(linear: nn.Linear, scale: torch.Tensor, shift: torch
     if linear.bias is not None:
         b = b + linear.bias
     return _linear(w, b)
+
+
+@torch.no_grad()
+def fold_norm_into_head(norm: nn.Module, head: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(norm, head)`` for deploy: the final norm folded into a Linear classifier (``norm`` becomes Identity), or,
+    without one (``num_classes=0``), kept as a :class:`ChannelAffine`."""
+    scale, shift = norm_affine(norm)
+    if isinstance(head, nn.Linear):
+        return nn.Identity(), fold_affine_into_linear(head, scale, shift)
+    return ChannelAffine(scale, shift), head
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn import functional as F
 
-from blocks import ChannelAffine, SimplifiedLinearAttention, SlabBlock, convert_linearnorm, make_repbn_norm
+from blocks import SimplifiedLinearAttention, SlabBlock, convert_linearnorm, fold_norm_into_head, make_repbn_norm
 from blocks.repbn import fold_affine_into_conv_output, fold_affine_into_linear, norm_affine
 from weights import WeightSpec
 
@@ -374,11 +374,7 @@ class SlabSwin(nn.Module):
         """Fold the final norm into the classifier (a channel affine when there is none). Submodules fold their own."""
         if self.deployed:
             return
-        scale, shift = norm_affine(self.norm)
-        if isinstance(self.head, nn.Linear):
-            self.head, self.norm = fold_affine_into_linear(self.head, scale, shift), nn.Identity()
-        else:
-            self.norm = ChannelAffine(scale, shift)
+        self.norm, self.head = fold_norm_into_head(self.norm, self.head)
         self.deployed = True
 
 
