@@ -24,10 +24,12 @@ from torch import nn
 from .data import ImageSet, load_images
 from .errors import ExportError, ExportInputError
 from .fold import fold_and_check, fold_input_normalization
-from .formats import BUILDERS, Job, probe_inputs
+from .formats import BUILDERS, INT8_FORMATS, Job, probe_inputs
+from .int8 import Int8Budget, Int8BudgetError, int8_capability
 from .latency import time_side_by_side
 from .loading import Loaded, load_for_export
 from .manifest import path_sha256, path_size, sparsity, summary_table, toolchain_versions, write_json_atomic
+from .quantize import CALIBRATION_METHODS
 
 __all__ = ["FORMATS", "ExportOptions", "ExportResult", "export_model"]
 
@@ -54,7 +56,14 @@ class ExportOptions:
             calibrating on digits).
         calib_size: calibration images used (and synthesised when data-free).
         zeroq_steps: optimisation steps of the data-free calibration.
-        max_int8_drop: fail the INT8 format when top-1 drops by more points than this (needs labelled data).
+        max_int8_drop: the INT8 budget: fail an INT8 format whose top-1 drops by more points than this on held-out
+            labelled images (``val_data``; digits: its validation split).
+        min_int8_agreement: the INT8 budget: top-1 agreement with the FP32 twin, percent.
+        min_int8_cosine: the INT8 budget without labels: mean cosine similarity of the logits.
+        int8_calibration: calibration methods the INT8 search tries (``minmax``, ``percentile``, ``entropy``).
+        int8_reduce_range: ``auto`` (7-bit weights on x86 CPUs without VNNI, where 8-bit products saturate),
+            ``on`` or ``off``.
+        int8_fallback: keep the most sensitive ops in float until the budget is met (ONNX INT8).
         coreml_precision: ``float16`` (default) or ``float32``.
         coreml_input: ``image`` (an ``ImageType``) or ``tensor``.
         trt_sparse: allow 2:4 sparse kernels in TensorRT.
@@ -77,7 +86,12 @@ class ExportOptions:
     val_data: str | None = None
     calib_size: int = 64
     zeroq_steps: int = 100
-    max_int8_drop: float | None = None
+    max_int8_drop: float = 1.0
+    min_int8_agreement: float = 98.0
+    min_int8_cosine: float = 0.99
+    int8_calibration: tuple[str, ...] = ("minmax", "percentile")
+    int8_reduce_range: str = "auto"
+    int8_fallback: bool = True
     coreml_precision: str = "float16"
     coreml_input: str = "image"
     trt_sparse: bool = False
@@ -101,10 +115,27 @@ class ExportOptions:
             "coreml_input must be image or tensor": self.coreml_input in ("image", "tensor"),
             "opset must be >= 17": self.opset >= 17,
             "calib_size must be >= 1": self.calib_size >= 1,
+            "max_int8_drop must be >= 0": self.max_int8_drop >= 0,
+            "min_int8_agreement must be in [0, 100]": 0 <= self.min_int8_agreement <= 100,
+            "min_int8_cosine must be in [-1, 1]": -1 <= self.min_int8_cosine <= 1,
+            "int8_reduce_range must be auto, on or off": self.int8_reduce_range in ("auto", "on", "off"),
+            f"int8_calibration must be among {', '.join(CALIBRATION_METHODS)}": bool(self.int8_calibration)
+            and set(self.int8_calibration) <= set(CALIBRATION_METHODS),
         }
         bad = [msg for msg, ok in checks.items() if not ok]
         if bad:
             raise ExportInputError("; ".join(bad))
+        object.__setattr__(self, "int8_calibration", tuple(self.int8_calibration))
+
+    @property
+    def int8_budget(self) -> Int8Budget:
+        """The limits every INT8 format is judged against."""
+        return Int8Budget(self.max_int8_drop, self.min_int8_agreement, self.min_int8_cosine)
+
+    @property
+    def reduce_range(self) -> bool | None:
+        """``int8_reduce_range`` as the search takes it (None: decided from this CPU)."""
+        return {"auto": None, "on": True, "off": False}[self.int8_reduce_range]
 
 
 @dataclass
@@ -146,15 +177,38 @@ def _cleanup(out: Path, staging: Path, created: bool) -> None:
 
 
 def _data(loaded: Loaded, opts: ExportOptions) -> tuple[ImageSet | None, ImageSet | None]:
+    """Calibration images and the held-out images the INT8 gate is judged on (never the calibration ones).
+
+    ``digits`` calibrates on its training split and is judged on its validation split; an image directory without
+    ``val_data`` is split (the first ``calib_size`` images calibrate, up to 256 more are held out); ``val_data``
+    names the held-out set explicitly. Without any data the INT8 formats make their own (data-free) sets.
+    """
     side, cfg = loaded.input_size[1], loaded.cfg
     calib = val = None
+    int8 = bool(INT8_FORMATS & set(opts.formats))
     if opts.calib_data:
-        calib = load_images(opts.calib_data, side, cfg["crop_pct"], cfg["interpolation"], "train", opts.calib_size)
+        extra = 256 if int8 and not opts.val_data and opts.calib_data != "digits" else 0
+        calib = load_images(
+            opts.calib_data, side, cfg["crop_pct"], cfg["interpolation"], "train", opts.calib_size + extra
+        )
+        if extra:
+            n_cal = min(opts.calib_size, max(1, len(calib) - max(1, len(calib) // 4)))
+            if len(calib) < 2:
+                raise ExportInputError(
+                    f"{opts.calib_data}: INT8 needs at least 2 images (calibration, and held-out ones for the "
+                    "accuracy gate); or give --val-data"
+                )
+            val = ImageSet(
+                calib.pixels[n_cal:], None if calib.labels is None else calib.labels[n_cal:], calib.classes,
+                f"{calib.source} (held out from calibration)",
+            )  # fmt: skip
+            calib = ImageSet(calib.pixels[:n_cal], calib.labels, calib.classes, calib.source)
     val_spec = opts.val_data or ("digits" if opts.calib_data == "digits" else None)
-    if val_spec and {"onnx-int8", "executorch-int8"} & set(opts.formats):
+    if val_spec and int8:
         val = load_images(val_spec, side, cfg["crop_pct"], cfg["interpolation"], "val")
-        if val.labels is not None and val.classes is not None and len(val.classes) != loaded.num_classes:
-            val.labels = None  # labels of another task: compare INT8 with FP32 (agreement) only
+    if val is not None and val.labels is not None and val.classes is not None:
+        if len(val.classes) != loaded.num_classes:
+            val.labels = None  # labels of another task: compare INT8 with FP32 (agreement, cosine) only
     return calib, val
 
 
@@ -252,8 +306,12 @@ def _run_builders(job: Job, requested: tuple[str, ...]) -> dict[str, dict[str, A
             rec = BUILDERS[fmt](job)
             rec["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - one format's failure must not stop the others; it is reported
-            msg = str(e) if isinstance(e, ExportError) else f"{type(e).__name__}: {e}"
-            rec = {"status": "failed", "error": msg.splitlines()[0] if msg else type(e).__name__}
+            msg = str(e) if isinstance(e, (ExportError, Int8BudgetError)) else f"{type(e).__name__}: {e}"
+            rec = {
+                **getattr(e, "record", {}),
+                "status": "failed",
+                "error": msg.splitlines()[0] if msg else type(e).__name__,
+            }
             print(f"[export] {fmt}: FAILED: {msg}")
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         rec["requested"] = fmt in requested
@@ -291,14 +349,28 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
     for fmt, label in owners.items():
         if fmt in records and label in lat:
             records[fmt]["latency_ms"] = lat[label]
-    if "onnx-int8" in records and "onnxruntime int8" in lat and "onnxruntime fp32" in lat:
-        records["onnx-int8"]["latency_ratio_int8_over_fp32"] = round(
-            lat["onnxruntime int8"] / lat["onnxruntime fp32"], 3
-        )
-    if "executorch-int8" in records and {"executorch xnnpack int8", "executorch xnnpack"} <= set(lat):
-        ratio = lat["executorch xnnpack int8"] / lat["executorch xnnpack"]
-        records["executorch-int8"]["latency_ratio_int8_over_fp32"] = round(ratio, 3)
+    pairs = {
+        "onnx-int8": ("onnxruntime int8", "onnxruntime fp32"),
+        "executorch-int8": ("executorch xnnpack int8", "executorch xnnpack"),
+    }
+    for fmt, (q, f) in pairs.items():
+        if fmt in records and {q, f} <= set(lat):
+            records[fmt]["latency_ratio_int8_over_fp32"] = round(lat[q] / lat[f], 3)
+            records[fmt]["speed"] = int8_speed_note(lat[q] / lat[f], int8_capability())
     return lat
+
+
+def int8_speed_note(ratio: float, cap: dict[str, Any]) -> str:
+    """Plain words for an INT8/FP32 latency ratio measured here, with the CPU's int8 capability."""
+    where = f"{cap['cpu']} ({'has' if cap['int8_dot_product'] else 'no'} int8 dot products: {', '.join(cap['isa'])})"
+    if ratio > 1.05:
+        return (
+            f"INT8 is {ratio:.2f}x SLOWER than FP32 here, on {where}: ship INT8 for size or for hardware with int8 "
+            "dot products (VNNI/AMX, ARM dotprod, GPUs, NPUs), not for speed on this CPU"
+        )
+    if ratio < 0.95:
+        return f"INT8 is {1 / ratio:.2f}x faster than FP32 here, on {where}"
+    return f"INT8 runs at the speed of FP32 here ({ratio:.2f}x), on {where}"
 
 
 def _publish(records: dict[str, dict[str, Any]], out: Path) -> None:

@@ -53,7 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", help="'digits' or an image-folder directory for INT8-vs-FP32 top-1")
     p.add_argument("--calib-size", type=int, default=64, help="calibration images (default 64)")
     p.add_argument("--zeroq-steps", type=int, default=100, help="steps of data-free calibration (default 100)")
-    p.add_argument("--max-int8-drop", type=float, default=None, help="fail INT8 if top-1 drops more (points)")
+    p.add_argument(
+        "--max-int8-drop", type=float, default=1.0, help="INT8 budget: top-1 drop vs FP32, points (default 1.0)"
+    )
+    p.add_argument(
+        "--min-int8-agreement", type=float, default=98.0, help="INT8 budget: top-1 agreement with FP32, %% (98)"
+    )
+    p.add_argument(
+        "--min-int8-cosine", type=float, default=0.99, help="INT8 budget without labels: logit cosine (0.99)"
+    )
+    p.add_argument(
+        "--int8-calibration",
+        type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+        default=("minmax", "percentile"),
+        help="calibration methods the INT8 search tries: minmax,percentile,entropy (default minmax,percentile)",
+    )
+    p.add_argument(
+        "--int8-reduce-range",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="7-bit weights: auto = on x86 CPUs without VNNI, where 8-bit products saturate (default auto)",
+    )
+    p.add_argument(
+        "--no-int8-fallback",
+        dest="int8_fallback",
+        action="store_false",
+        help="do not keep sensitive ops in float to meet the INT8 budget",
+    )
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16")
     p.add_argument("--coreml-input", choices=("image", "tensor"), default="image")
     p.add_argument("--trt-sparse", action="store_true", help="TensorRT: allow 2:4 sparse kernels (SPARSE_WEIGHTS)")
@@ -80,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch=args.max_batch, half=args.half, fold_input_norm=args.fold_input_norm,
             pixel_range=args.pixel_range, calib_data=args.calib_data, val_data=args.val_data,
             calib_size=args.calib_size, zeroq_steps=args.zeroq_steps, max_int8_drop=args.max_int8_drop,
+            min_int8_agreement=args.min_int8_agreement, min_int8_cosine=args.min_int8_cosine,
+            int8_calibration=args.int8_calibration, int8_reduce_range=args.int8_reduce_range,
+            int8_fallback=args.int8_fallback,
             coreml_precision=args.coreml_precision, coreml_input=args.coreml_input, trt_sparse=args.trt_sparse,
             trt_workspace_mb=args.trt_workspace_mb, opset=args.opset, latency_seconds=args.latency_seconds,
             threads=args.threads, num_classes=args.num_classes,

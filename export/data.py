@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .errors import ExportInputError
 
@@ -33,24 +32,27 @@ class ImageSet:
         return self.pixels.shape[0]
 
 
-def load_digits(img_size: int, split: str = "train", seed: int = 0) -> ImageSet:
-    """scikit-learn's 8x8 handwritten digits, upsampled (bilinear) to ``img_size`` and repeated to 3 channels.
+def load_digits(
+    img_size: int, split: str = "train", crop_pct: float = 0.875, interpolation: str = "bicubic"
+) -> ImageSet:
+    """scikit-learn's 8x8 handwritten digits, the same split and evaluation transform as ``zoo train``.
 
-    The 1,797 images are split once by a fixed permutation: the first 1,400 are ``train``, the rest ``val``. Pixel
-    values 0..16 map to 0..1.
+    The split is :func:`zoo.data.digits_split` (1,437 ``train`` / 360 ``val``); each image goes through timm's
+    evaluation transform (resize the shorter side to ``img_size / crop_pct`` with ``interpolation``, center crop),
+    exactly as the training loop's validation does, so the INT8 gate scores the images ``zoo validate`` scores.
     """
-    from sklearn.datasets import load_digits as _load
+    from PIL import Image
+    from timm.data import create_transform
 
-    d = _load()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # N, 8, 8 -> N, 1, 8, 8
-    x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False).clamp(0, 1)
-    x = x.expand(-1, 3, -1, -1).contiguous()  # N, 1, H, W -> N, 3, H, W
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    idx = {"train": perm[:1400], "val": perm[1400:]}.get(split)
-    if idx is None:
-        raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
-    return ImageSet(x[idx], y[idx], [str(i) for i in range(10)], f"digits:{split}")
+    from zoo.data import DIGITS_CLASSES, digits_split
+
+    images, targets = digits_split(split)
+    tf = create_transform(
+        input_size=(3, img_size, img_size), is_training=False, interpolation=interpolation, crop_pct=crop_pct,
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    )  # fmt: skip
+    x = torch.stack([tf(Image.fromarray(im).convert("RGB")) for im in images])
+    return ImageSet(x, torch.from_numpy(targets), list(DIGITS_CLASSES), f"digits:{split}")
 
 
 def _pil_resample(interpolation: str) -> int:
@@ -110,7 +112,7 @@ def load_images(
 ) -> ImageSet:
     """``"digits"`` (its ``split``) or a directory path."""
     if spec == "digits":
-        data = load_digits(img_size, split)
+        data = load_digits(img_size, split, crop_pct, interpolation)
         if limit is not None and len(data) > limit:
             data = ImageSet(data.pixels[:limit], data.labels[:limit], data.classes, data.source)
         return data

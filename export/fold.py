@@ -8,9 +8,13 @@ gamma 1, beta 0), which would hide a wrong fold, so without a checkpoint the che
 statistics by ``blocks.make_bn_realistic``.
 
 Both models are evaluated in float64 for the check: the folded weights are the exact fp32 values that go into the
-artifacts, and float64 arithmetic keeps the fp32 accumulation noise of a deep net (about 1e-5 relative on random
-inputs, present in any fp32 runtime) out of the figure, so that 1e-5 measures what folding changed. The fp32-evaluated
-figure is reported next to it.
+artifacts, and float64 arithmetic keeps the fp32 accumulation noise of a deep net out of the figure. Rounding the
+folded weights to fp32 is itself a perturbation of the order of fp32's epsilon, which a deep or badly conditioned
+network amplifies (a model with realistic BatchNorm statistics can amplify it to 1e-3 and more on real images), so the
+verdict is judged against the reference's own **noise floor**, measured in the same run on the same inputs: how far
+the unfolded model evaluated in fp32 is from its float64 copy (:func:`noise_floor`). The fold passes when its error
+is within ``tol`` or within ``FLOOR_FACTOR`` times that floor; a real mistake (a missing bias, a wrong scale: about
+1e-1) stays far above both for any model whose fp32 output means anything. Both figures are reported.
 
 Step 2, :func:`fold_input_normalization`: the artifact takes RGB pixels in [0, 1] or [0, 255]. Only ``1 / std`` (and
 the pixel range) goes into the first convolution's weights; the mean stays a per-channel subtraction in front
@@ -31,15 +35,47 @@ import blocks
 from .data import normalize
 from .errors import FoldCheckError
 
-__all__ = ["FoldReport", "PixelInput", "fold_and_check", "fold_input_normalization", "rel_error"]
+__all__ = [
+    "FLOOR_FACTOR",
+    "FoldReport",
+    "PixelInput",
+    "fold_and_check",
+    "fold_input_normalization",
+    "judge_parity",
+    "noise_floor",
+    "rel_error",
+]
 
 FOLD_TOL = 1e-5
+#: An fp32 result passes a parity check when its error against the float64 reference is at most this many times the
+#: reference's own fp32 error (another fp32 implementation rounds differently, not more: measured 0.5-2x).
+FLOOR_FACTOR = 10.0
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Max absolute difference relative to the output scale (max ``|ref|``)."""
     out, ref = out.detach().double(), ref.detach().double()
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+@torch.no_grad()
+def noise_floor(model: nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """How far ``model`` in fp32 is from its own float64 copy on ``x``: the fp32 noise any artifact inherits.
+
+    Returns:
+        ``(relative error, fp32 output, float64 output)``.
+    """
+    out32 = model(x.float())
+    out64 = copy.deepcopy(model).double()(x.double())
+    return rel_error(out32, out64), out32, out64
+
+
+def judge_parity(error: float, error64: float | None, floor: float | None, tol: float) -> bool:
+    """The parity verdict: within ``tol`` of the fp32 reference, or within ``FLOOR_FACTOR`` x the noise floor of the
+    float64 reference (``error64``: the artifact against float64; ``floor``: fp32 PyTorch against float64)."""
+    if error <= tol:
+        return True
+    return error64 is not None and floor is not None and error64 <= max(tol, FLOOR_FACTOR * floor)
 
 
 @dataclass
@@ -53,6 +89,9 @@ class FoldReport:
     parity_random_fp32: float
     parity_real: float | None = None
     tol: float = FOLD_TOL
+    noise_floor_random: float | None = None
+    noise_floor_real: float | None = None
+    floor_factor: float = FLOOR_FACTOR
     input_fold: dict = field(default_factory=dict)
 
 
@@ -104,16 +143,22 @@ def fold_and_check(
         ref = blocks.make_bn_realistic(copy.deepcopy(model), input_size)
         folded, stats = blocks.reparameterize_model(ref), "blocks.make_bn_realistic on a copy (fresh model)"
     x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    floor, ref32, _ = noise_floor(ref, x)
     with torch.no_grad():
-        fp32 = rel_error(folded(x), ref(x))
+        fp32 = rel_error(folded(x), ref32)
     report = FoldReport(left, tuple(allowed_norms), stats, _parity64(ref, folded, x), fp32, tol=tol)
+    report.noise_floor_random = floor
+    checks = [("random", report.parity_random, floor)]
     if real_inputs is not None and len(real_inputs):
         report.parity_real = _parity64(ref, folded, real_inputs[:8])
-    worst = max(report.parity_random, report.parity_real or 0.0)
-    if worst > tol:
+        report.noise_floor_real = noise_floor(ref, real_inputs[:8])[0]
+        checks.append(("real", report.parity_real, report.noise_floor_real))
+    bad = [(k, e, f) for k, e, f in checks if not judge_parity(e, e, f, tol)]
+    if bad:
+        detail = "; ".join(f"{e:.3e} on {k} inputs (fp32 noise floor of the model itself {f:.1e})" for k, e, f in bad)
         raise FoldCheckError(
-            f"folded model differs from the unfolded one: relative error {report.parity_random:.3e} on random "
-            f"inputs, {report.parity_real if report.parity_real is not None else '-'} on real inputs (tolerance {tol})"
+            f"folded model differs from the unfolded one: relative error {detail}; tolerance {tol} or "
+            f"{FLOOR_FACTOR:g}x the noise floor"
         )
     return deployed, report
 
@@ -181,11 +226,12 @@ def fold_input_normalization(
     conv.weight.copy_((conv.weight.double() * scale.view(1, -1, 1, 1)).to(conv.weight.dtype))
     wrapped = PixelInput(core, torch.tensor(mean, dtype=torch.float32) * pixel_range).eval()
     pixels = torch.rand(2, *input_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * pixel_range
-    ref = copy.deepcopy(deployed).double()(normalize(pixels / pixel_range, mean, std))
+    floor, _, ref = noise_floor(deployed, normalize(pixels / pixel_range, mean, std))
     err = rel_error(copy.deepcopy(wrapped).double()(pixels), ref)
-    if err > tol:
+    if not judge_parity(err, err, floor, tol):
         raise FoldCheckError(
-            f"folding the input normalization into {name} changes the output: relative error {err:.3e} > {tol} "
+            f"folding the input normalization into {name} changes the output: relative error {err:.3e} > {tol} and "
+            f"> {FLOOR_FACTOR:g}x the model's own fp32 noise floor {floor:.1e} "
             "(is it the first operation on the input?)"
         )
-    return wrapped, {"first_conv": name, "parity": err, "pixel_range": pixel_range}
+    return wrapped, {"first_conv": name, "parity": err, "noise_floor": floor, "tol": tol, "pixel_range": pixel_range}

@@ -19,7 +19,8 @@ from .coreml_export import convert_coreml, predict_coreml, validate_coreml_packa
 from .data import normalize
 from .errors import ExportError, ParityError
 from .executorch_export import export_pte, export_pte_int8, load_pte
-from .fold import PixelInput, rel_error
+from .fold import FLOOR_FACTOR, PixelInput, judge_parity, noise_floor, rel_error
+from .int8 import Int8BudgetError, evaluate_int8, int8_capability, search_onnx_int8
 from .onnx_export import (
     check_onnx_graph,
     convert_to_ort,
@@ -30,9 +31,12 @@ from .onnx_export import (
     set_onnx_metadata,
     slim_onnx,
 )
-from .quantize import compare_top1, quantize_int8, synthesize_zeroq
+from .quantize import synthesize_zeroq
 
-__all__ = ["BUILDERS", "Job", "TOLERANCES", "probe_inputs"]
+__all__ = ["BUILDERS", "INT8_FORMATS", "Job", "TOLERANCES", "probe_inputs"]
+
+#: Formats judged by the INT8 accuracy gate.
+INT8_FORMATS = {"onnx-int8", "executorch-int8", "tensorrt"}
 
 #: Relative tolerances (max abs difference / max abs output) of each artifact against the PyTorch model.
 TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "coreml-fp16": 5e-2, "coreml-fp32": 1e-3, "trt-fp32": 1e-3, "trt-int8": 1e-1}
@@ -64,7 +68,9 @@ class Job:
     forbid_norms: bool
     files: dict[str, Path] = field(default_factory=dict)
     calibration: tuple[torch.Tensor, dict[str, Any]] | None = None
+    gate: tuple[torch.Tensor, torch.Tensor | None, str] | None = None
     runners: dict[str, Callable[[torch.Tensor], Any]] = field(default_factory=dict)
+    references: dict[tuple, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -76,6 +82,14 @@ class Job:
             return pixels01 * self.opts.pixel_range
         return normalize(pixels01, self.loaded.cfg["mean"], self.loaded.cfg["std"])
 
+    def reference(self, label: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The graph's fp32 and float64 outputs on probe ``x`` and its noise floor, computed once per probe."""
+        key = (label, tuple(x.shape))
+        if key not in self.references:
+            floor, ref32, ref64 = noise_floor(self.graph, x)
+            self.references[key] = (ref32, ref64, floor)
+        return self.references[key]
+
     def require(self, key: str) -> Path:
         if key not in self.files:
             raise ExportError(f"needs the {key} file, which was not produced (see that format's error)")
@@ -83,21 +97,45 @@ class Job:
 
 
 def _check(fmt: str, job: Job, run: Callable[[torch.Tensor], torch.Tensor], tol: float) -> dict[str, Any]:
-    """Parity of ``run`` against the PyTorch graph on every probe; raises ParityError past ``tol``."""
+    """Parity of ``run`` against the PyTorch graph on every probe; raises ParityError when it fails.
+
+    Each probe is judged against ``tol`` (relative to the fp32 graph) and against the graph's own fp32 noise floor
+    on that probe (fp32 graph vs its float64 copy): an artifact within ``FLOOR_FACTOR`` x that floor of the float64
+    output is as right as fp32 can be, even where rounding is amplified past ``tol``.
+    """
     errors: dict[str, float] = {}
+    detail: dict[str, dict[str, float]] = {}
+    failed = []
     for label, x in job.probes:
-        with torch.no_grad():
-            ref = job.graph(x)
+        ref, ref64, floor = job.reference(label, x)
         out = torch.as_tensor(run(x)).float()
         if tuple(out.shape) != tuple(ref.shape):
             raise ParityError(
                 fmt, float("inf"), tol, f"output shape {tuple(out.shape)} != {tuple(ref.shape)} ({label})"
             )
         errors[label] = rel_error(out, ref)
+        detail[label] = {"error_vs_float64": rel_error(out, ref64), "noise_floor": floor}
+        if not judge_parity(errors[label], detail[label]["error_vs_float64"], floor, tol):
+            failed.append(label)
     worst = max(errors.values())
-    if worst > tol:
-        raise ParityError(fmt, worst, tol, ", ".join(f"{k}: {v:.2e}" for k, v in errors.items()))
-    return {"error": worst, "tol": tol, "per_input": errors, "reference": "PyTorch (folded model, fp32)"}
+    if failed:
+        why = ", ".join(
+            f"{k}: {errors[k]:.2e} (vs float64 {detail[k]['error_vs_float64']:.2e}, fp32 noise floor "
+            f"{detail[k]['noise_floor']:.1e})"
+            for k in failed
+        )
+        raise ParityError(fmt, worst, tol, f"{why}; passes within tol or {FLOOR_FACTOR:g}x the noise floor")
+    return {
+        "error": worst,
+        "tol": tol,
+        "error_vs_float64": max(d["error_vs_float64"] for d in detail.values()),
+        "noise_floor": max(d["noise_floor"] for d in detail.values()),
+        "floor_factor": FLOOR_FACTOR,
+        "verdict": "within tol" if worst <= tol else f"within {FLOOR_FACTOR:g}x the fp32 noise floor",
+        "per_input": errors,
+        "per_input_float64": detail,
+        "reference": "PyTorch (folded model, fp32; float64 copy for the noise floor)",
+    }
 
 
 def _onnx_file(job: Job, model: nn.Module, path: Path, fp16: bool) -> dict[str, Any]:
@@ -145,59 +183,86 @@ def _calibration(job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
     return job.calibration
 
 
-def _make_calibration(job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+def _make_calibration(job: Job, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
     o = job.opts
-    if job.calib is not None:
+    if job.calib is not None and seed == 0:
         return job.calib, {"source": o.calib_data, "images": len(job.calib)}
     cfg = job.loaded.cfg
     pixels = synthesize_zeroq(
-        job.loaded.model, job.loaded.input_size, cfg["mean"], cfg["std"], o.calib_size, o.zeroq_steps
+        job.loaded.model, job.loaded.input_size, cfg["mean"], cfg["std"], o.calib_size, o.zeroq_steps, seed=seed
     )
     if pixels is None:
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(seed)
         pixels = torch.rand(o.calib_size, *job.loaded.input_size, generator=gen)
         return job.artifact_input(pixels), {
-            "source": "uniform random pixels (no BatchNorm to match)",
+            "source": f"uniform random pixels (no BatchNorm to match; seed {seed})",
             "images": o.calib_size,
         }
     info = {
-        "source": f"data-free: ZeroQ, BatchNorm statistics matched ({o.zeroq_steps} Adam steps)",
+        "source": f"data-free: ZeroQ, BatchNorm statistics matched ({o.zeroq_steps} Adam steps, seed {seed})",
         "images": len(pixels),
     }
     return job.artifact_input(pixels), info
 
 
+def gate_data(job: Job) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """The held-out images every INT8 format is judged on: the validation data, or (data-free) a second synthetic
+    set made with another seed than the calibration images."""
+    if job.gate is None:
+        if job.val is not None:
+            job.gate = job.val
+        elif job.calib is not None:  # calibration images only: the exporter holds some out (export.api._data)
+            raise ExportError("INT8 needs held-out images for its accuracy gate: give --val-data")
+        else:
+            x, info = _make_calibration(job, seed=1)
+            job.gate = (x, None, info["source"] + ", not the calibration images")
+    return job.gate
+
+
+def _int8_record(verdict: dict[str, Any]) -> dict[str, Any]:
+    """The gate's figures as the manifest and the summary table show them."""
+    return {**verdict, "cpu": int8_capability()}
+
+
 def build_onnx_int8(job: Job) -> dict[str, Any]:
-    """Static INT8 Q/DQ ONNX from the FP32 one; INT8-vs-FP32 top-1 on the validation data."""
+    """Accuracy-aware INT8 Q/DQ ONNX from the FP32 one, judged by the INT8 gate on held-out images."""
     o = job.opts
     fp32 = job.require("onnx")
     calib, calib_info = _calibration(job)
+    gate = gate_data(job)
     path = job.staging / f"{job.stem}.int8.onnx"
     batch = o.batch if not o.dynamic_batch else min(16, len(calib))
-    settings = quantize_int8(fp32, path, calib, batch)
+    step = None if o.dynamic_batch else o.batch
+
+    def run(p: Path, x: torch.Tensor) -> torch.Tensor:
+        n = len(x) - len(x) % step if step else len(x)
+        return torch.as_tensor(run_onnx(ort_session(p, o.threads), x[:n], batch=step)).float()
+
+    n_gate = len(gate[0]) - len(gate[0]) % step if step else len(gate[0])
+    gate = (gate[0][:n_gate], None if gate[1] is None else gate[1][:n_gate], gate[2])
+    try:
+        settings, verdict = search_onnx_int8(
+            fp32, path, calib, batch, gate, run, o.int8_budget, o.int8_calibration, o.reduce_range, o.int8_fallback
+        )
+    except Int8BudgetError as e:
+        e.record = {"top1": _int8_record(e.verdict), "calibration": calib_info, "search": e.record}
+        raise
     try:
         check_onnx_graph(path, o.dynamic_batch, job.forbid_norms)
     except AssertionError as e:
         raise ExportError(f"onnx-int8: {e}") from e
     set_onnx_metadata(path, {**job.metadata, "quantization": "int8 QDQ per-channel symmetric"})
     sess_q, sess_f = ort_session(path, o.threads), ort_session(fp32, o.threads)
-    step = None if o.dynamic_batch else o.batch
-    inputs, labels, source = job.val if job.val is not None else (calib, None, calib_info["source"])
-    top1 = compare_top1(run_onnx(sess_f, inputs, batch=step), run_onnx(sess_q, inputs, batch=step), labels)
-    top1["data"] = source
     x = job.probes[0][1]
-    rec = {
+    job.runners["onnxruntime int8"] = lambda t: run_onnx(sess_q, t)
+    job.files["onnx-int8"] = path
+    return {
         "files": [path],
         "quantization": settings,
         "calibration": calib_info,
-        "top1": top1,
+        "top1": _int8_record(verdict),
         "parity": {"error": rel_error(run_onnx(sess_q, x), run_onnx(sess_f, x)), "tol": None, "reference": "FP32 ONNX"},
     }
-    if o.max_int8_drop is not None and "drop" in top1 and top1["drop"] > o.max_int8_drop:
-        raise ParityError("onnx-int8", top1["drop"], o.max_int8_drop, "top-1 drop in points vs FP32 on " + source)
-    job.runners["onnxruntime int8"] = lambda t: run_onnx(sess_q, t)
-    job.files["onnx-int8"] = path
-    return rec
 
 
 def build_ort(job: Job) -> dict[str, Any]:
@@ -301,17 +366,17 @@ def _run_batched(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b
 
 
 def build_executorch_int8(job: Job) -> dict[str, Any]:
-    """INT8 ``.pte`` (PT2E + XNNPACK quantizer), run back with ExecuTorch's runtime; INT8-vs-FP32 top-1."""
+    """INT8 ``.pte`` (PT2E + XNNPACK quantizer), run back with ExecuTorch's runtime, judged by the INT8 gate."""
     o = job.opts
     calib, calib_info = _calibration(job)
     path = export_pte_int8(job.graph, job.staging / f"{job.stem}.int8.pte", job.loaded.input_size, calib, o.batch)
     runner = load_pte(path)
-    inputs, labels, source = job.val if job.val is not None else (calib, None, calib_info["source"])
+    inputs, labels, source = gate_data(job)
     n = len(inputs) - len(inputs) % o.batch
     with torch.no_grad():
         ref = _run_batched(job.graph, inputs[:n], o.batch)
-    top1 = compare_top1(ref, _run_batched(runner, inputs[:n], o.batch), None if labels is None else labels[:n])
-    top1["data"] = source
+    labels = None if labels is None else labels[:n]
+    verdict = evaluate_int8(ref, _run_batched(runner, inputs[:n], o.batch), labels, o.int8_budget, source)
     x = job.probes[0][1][: o.batch]
     with torch.no_grad():
         err = rel_error(torch.as_tensor(runner(x)), job.graph(x)) if len(x) == o.batch else None
@@ -319,11 +384,11 @@ def build_executorch_int8(job: Job) -> dict[str, Any]:
         "files": [path],
         "quantization": {"tool": "torchao PT2E + XNNPACKQuantizer", "config": "symmetric, per-channel weights"},
         "calibration": calib_info,
-        "top1": top1,
+        "top1": _int8_record(verdict),
         "parity": {"error": err, "tol": None, "reference": "PyTorch (folded model, fp32)"},
     }
-    if o.max_int8_drop is not None and "drop" in top1 and top1["drop"] > o.max_int8_drop:
-        raise ParityError("executorch-int8", top1["drop"], o.max_int8_drop, "top-1 drop in points vs FP32 on " + source)
+    if not verdict["passed"]:
+        raise Int8BudgetError("executorch-int8", verdict, {k: v for k, v in rec.items() if k != "files"})
     job.runners["executorch xnnpack int8"] = runner
     return rec
 

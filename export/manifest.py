@@ -125,14 +125,26 @@ def _fmt_err(x: Any) -> str:
     return f"{x:.1e}" if isinstance(x, float) else "-"
 
 
+def _int8_cell(r: Mapping[str, Any]) -> str:
+    t = r.get("top1") or {}
+    if not t:
+        return "-"
+    drop = f"{t['drop']:+.2f} pt" if "drop" in t else f"cos {t.get('cosine', float('nan')):.3f}"
+    return f"{drop} / {t.get('agreement', float('nan')):.1f}%"
+
+
 def summary_table(formats: Mapping[str, Mapping[str, Any]]) -> str:
-    """A fixed-width table: format, status, file, size, parity (relative error and tolerance), latency."""
-    rows = [("format", "status", "file", "size", "parity (err / tol)", "latency ms", "note")]
+    """A fixed-width table: format, status, file, size, parity (error, tolerance, the reference's noise floor),
+    latency, and for INT8 formats the top-1 drop and agreement against FP32; then the INT8 speed in plain words."""
+    head = ("format", "status", "file", "size", "parity (err / tol / floor)", "latency ms", "int8 drop / agree", "note")
+    rows = [head]
     for fmt, r in formats.items():
         files = r.get("files") or [{}]
         size = sum(f.get("size", 0) for f in files)
         par = r.get("parity") or {}
-        parity = f"{_fmt_err(par.get('error'))} / {_fmt_err(par.get('tol'))}" if par else "-"
+        parity = "-"
+        if par:
+            parity = f"{_fmt_err(par.get('error'))} / {_fmt_err(par.get('tol'))} / {_fmt_err(par.get('noise_floor'))}"
         lat = r.get("latency_ms")
         note = r.get("error") or r.get("note") or ""
         rows.append(
@@ -143,10 +155,13 @@ def summary_table(formats: Mapping[str, Mapping[str, Any]]) -> str:
                 f"{size / 1e6:.2f} MB" if size else "-",
                 parity,
                 f"{lat:.2f}" if isinstance(lat, float) else "-",
+                _int8_cell(r),
                 note if len(note) < 110 else note[:107] + "...",
             )
         )
-    widths = [max(len(str(row[i])) for row in rows) for i in range(6)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row[:6], widths)) + "  " + row[6] for row in rows]
-    lines.insert(1, "-" * (sum(widths) + 12))
+    n = len(head) - 1
+    widths = [max(len(str(row[i])) for row in rows) for i in range(n)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row[:n], widths)) + "  " + row[n] for row in rows]
+    lines.insert(1, "-" * (sum(widths) + 2 * n))
+    lines += [f"{fmt}: {r['speed']}" for fmt, r in formats.items() if r.get("speed")]
     return "\n".join(line.rstrip() for line in lines)

@@ -24,7 +24,15 @@ from torch import nn
 
 from .data import normalize
 
-__all__ = ["quantize_int8", "synthesize_zeroq", "compare_top1"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "QUANTIZED_OPS",
+    "compare_top1",
+    "preprocess_for_int8",
+    "quantizable_nodes",
+    "quantize_int8",
+    "synthesize_zeroq",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,63 +112,112 @@ class _Reader:
         return item
 
 
+#: ``--int8-calibration`` names -> onnxruntime's CalibrationMethod members.
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def preprocess_for_int8(fp32_path: str | os.PathLike, pre_path: str | os.PathLike) -> tuple[Path, str | None]:
+    """onnxruntime's ``quant_pre_process`` (shape inference, fusions) once per export; returns the file to quantize
+    and the pre-processing error (None when it worked; the FP32 file is quantized as it is otherwise)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
+            return Path(pre_path), None
+        except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; quantize the file as it is
+            log.warning("onnxruntime quant_pre_process failed (%s); quantizing without it", e)
+            return Path(fp32_path), f"{type(e).__name__}: {e}"
+
+
+def quantizable_nodes(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(node name, op type)`` of every node whose inputs get Q/DQ pairs, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [(n.name, n.op_type) for n in graph.node if n.op_type in QUANTIZED_OPS and n.name]
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike,
     int8_path: str | os.PathLike,
-    calib_inputs: torch.Tensor,
+    calib_inputs: torch.Tensor | None,
     batch: int,
     input_name: str = "input",
+    calibration: str = "minmax",
+    reduce_range: bool = False,
+    exclude: tuple[str, ...] | list[str] = (),
+    cache: str | os.PathLike | None = None,
+    preprocessed: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Quantize an FP32 ONNX file statically to INT8 Q/DQ (per-channel symmetric weights, symmetric activations).
 
     Args:
         fp32_path: the FP32 ONNX.
         int8_path: where to write the Q/DQ ONNX.
-        calib_inputs: calibration inputs in the artifact's input space.
+        calib_inputs: calibration inputs in the artifact's input space (None: ranges come from ``cache``).
         batch: calibration batch size (the file's fixed batch, or any for a dynamic one).
         input_name: the graph input.
+        calibration: ``minmax``, ``percentile`` (99.999th) or ``entropy``.
+        reduce_range: 7-bit weights, so that 8-bit x 8-bit products cannot saturate the 16-bit intermediate sums of
+            x86 kernels without VNNI (onnxruntime's advice for such CPUs).
+        exclude: node names left in float (their inputs get no Q/DQ).
+        cache: a calibration-range file (onnxruntime's JSON cache): read when it exists, else written, so that many
+            variants of one model share one calibration; also how QAT-learned ranges are supplied.
+        preprocessed: the output of :func:`preprocess_for_int8`, when already made.
 
     Returns:
         The settings used, for the manifest.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if calibration not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown INT8 calibration {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     int8_path = Path(int8_path)
-    pre = int8_path.with_suffix(".pre.onnx")
     settings: dict[str, Any] = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
-        "weights": "int8, per-channel, symmetric",
+        "weights": f"int{7 if reduce_range else 8} range in int8, per-channel, symmetric",
         "activations": "int8, per-tensor, symmetric",
         "quantized_ops": list(QUANTIZED_OPS),
-        "calibration": "MinMax",
-        "calibration_images": len(calib_inputs),
+        "calibration": calibration,
+        "reduce_range": reduce_range,
+        "float_nodes": list(exclude),
+        "calibration_images": None if calib_inputs is None else len(calib_inputs),
     }
+    pre_error = None
+    if preprocessed is None:
+        pre = int8_path.with_suffix(".pre.onnx")
+        src, pre_error = preprocess_for_int8(fp32_path, pre)
+    else:
+        pre, src = None, Path(preprocessed)
+    if pre_error:
+        settings["pre_process_error"] = pre_error
+    reader = _Reader(input_name, calib_inputs, batch) if calib_inputs is not None else None
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if calibration == "percentile":
+        extra["CalibPercentile"] = 99.999
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        try:
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-            src = pre
-        except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; quantize the file as it is
-            log.warning("onnxruntime quant_pre_process failed (%s); quantizing without it", e)
-            settings["pre_process_error"] = f"{type(e).__name__}: {e}"
-            src = Path(fp32_path)
         try:
             quantize_static(
                 str(src),
                 str(int8_path),
-                _Reader(input_name, calib_inputs, batch),
+                reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]),
                 op_types_to_quantize=list(QUANTIZED_OPS),
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                nodes_to_exclude=list(exclude),
+                extra_options=extra,
+                calibration_cache_path=None if cache is None else str(cache),
             )
         finally:
-            if pre.exists():
+            if pre is not None and pre.exists():
                 pre.unlink()
     return settings
 

@@ -219,6 +219,26 @@ def _engine_parity(job: Any, runner: TrtRunner, onnx_path: Path, precision: str)
     return {"error": worst, "tol": tol, "per_input": errors, "reference": f"{where}, same ONNX"}, sess
 
 
+def _engine_int8_gate(job: Any, runner: TrtRunner) -> dict[str, Any]:
+    """The INT8 accuracy gate for the INT8 engine: its logits against the FP32 PyTorch graph on the held-out images,
+    run on this machine's GPU (the manifest names it; the CPU verdict of the Q/DQ file does not carry over)."""
+    from .formats import gate_data
+    from .int8 import Int8BudgetError, evaluate_int8
+
+    o = job.opts
+    x, labels, source = gate_data(job)
+    step = min(16, o.max_batch) if o.dynamic_batch else o.batch
+    n = len(x) - len(x) % step
+    with torch.no_grad():
+        ref = torch.cat([job.graph(x[i : i + step]) for i in range(0, n, step)])
+    q = torch.cat([runner(x[i : i + step]) for i in range(0, n, step)])
+    verdict = evaluate_int8(ref, q, None if labels is None else labels[:n], o.int8_budget, source)
+    verdict["measured_on"] = f"TensorRT {runner.trt.__version__} on {torch.cuda.get_device_name()}"
+    if not verdict["passed"]:
+        raise Int8BudgetError("tensorrt int8", verdict, {"engines": {"int8": {"top1": verdict}}})
+    return verdict
+
+
 def build_engines(job: Any) -> dict[str, Any]:
     """Build, check and time the engines for an export job (see :mod:`export.formats`)."""
     from .latency import time_side_by_side
@@ -252,6 +272,8 @@ def build_engines(job: Any) -> dict[str, Any]:
         runner = TrtRunner(spec.engine_path)
         parity, sess = _engine_parity(job, runner, onnx_path, precision)
         engines[precision] = {"file": spec.engine_path.name, "onnx": onnx_path.name, "parity": parity}
+        if precision == "int8":
+            engines[precision]["top1"] = _engine_int8_gate(job, runner)
         files.append(spec.engine_path)
         timers[f"tensorrt {precision}"] = lambda r=runner: r.run_cuda(x)
         feed = {sess.get_inputs()[0].name: x.cpu().numpy()}

@@ -48,6 +48,8 @@ def test_tiny_module_coreml_pte_and_data_free_int8(tmp_path: Path) -> None:
         zeroq_steps=30,
         calib_size=16,
         latency_seconds=0.1,
+        min_int8_agreement=50,  # plumbing, not accuracy: a random model's near-tied logits (tests/test_int8.py
+        min_int8_cosine=0.0,  # judges the budget itself)
     )
     classes = ["a", "b", "c", "d", "e"]
     res = export_model(model, tmp_path / "out", opts, classes=classes)
@@ -141,7 +143,8 @@ def test_calibration_and_validation_from_an_image_folder(tmp_path: Path) -> None
     model = Tiny().eval()
     blocks.make_bn_realistic(model, (3, 16, 16))
     folder = str(tmp_path / "images")
-    opts = ExportOptions(formats=("onnx-int8",), calib_data=folder, val_data=folder, latency_seconds=0)
+    loose = {"max_int8_drop": 100.0, "min_int8_agreement": 0.0, "min_int8_cosine": 0.0}  # plumbing, not accuracy
+    opts = ExportOptions(formats=("onnx-int8",), calib_data=folder, val_data=folder, latency_seconds=0, **loose)
     res = export_model(model, tmp_path / "out", opts)
     q = res.formats["onnx-int8"]
     assert q["status"] == "ok", q

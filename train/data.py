@@ -62,19 +62,13 @@ class DigitsDataset(Dataset):
 
     def __init__(self, split: str, transform: Callable | None = None) -> None:
         from PIL import Image
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
-        if split not in ("train", "val"):
-            raise ValueError(f"digits split must be 'train' or 'val', got {split!r}")
-        digits = load_digits()
-        idx = list(range(len(digits.target)))
-        tr, va = train_test_split(idx, test_size=0.2, random_state=0, stratify=digits.target)
-        keep = tr if split == "train" else va
-        pixels = (digits.images[keep] * (255.0 / 16.0)).round().astype("uint8")
+        from zoo.data import DIGITS_CLASSES, digits_split
+
+        pixels, targets = digits_split(split)
         self.images = [Image.fromarray(p).convert("RGB") for p in pixels]  # uint8 (8, 8): grayscale
-        self.targets = [int(t) for t in digits.target[keep]]
-        self.classes = [str(i) for i in range(10)]
+        self.targets = [int(t) for t in targets]
+        self.classes = list(DIGITS_CLASSES)
         self.transform = transform
 
     def __len__(self) -> int:
