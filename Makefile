@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # The whole suite, in parallel (one xdist group per model keeps each model built once).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -q -p no:cacheprovider --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -k "not registry" -p no:cacheprovider

@@ -25,7 +25,7 @@ from .data import ImageSet, load_images
 from .errors import ExportError, ExportInputError
 from .fold import fold_and_check, fold_input_normalization
 from .formats import BUILDERS, INT8_FORMATS, Job, probe_inputs
-from .int8 import Int8Budget, Int8BudgetError, int8_capability
+from .int8 import Int8Budget, Int8BudgetError, int8_capability, int8_speed_note
 from .latency import time_side_by_side
 from .loading import Loaded, load_for_export
 from .manifest import path_sha256, path_size, sparsity, summary_table, toolchain_versions, write_json_atomic
@@ -358,19 +358,6 @@ def _latency(job: Job, records: dict[str, dict[str, Any]]) -> dict[str, float]:
             records[fmt]["latency_ratio_int8_over_fp32"] = round(lat[q] / lat[f], 3)
             records[fmt]["speed"] = int8_speed_note(lat[q] / lat[f], int8_capability())
     return lat
-
-
-def int8_speed_note(ratio: float, cap: dict[str, Any]) -> str:
-    """Plain words for an INT8/FP32 latency ratio measured here, with the CPU's int8 capability."""
-    where = f"{cap['cpu']} ({'has' if cap['int8_dot_product'] else 'no'} int8 dot products: {', '.join(cap['isa'])})"
-    if ratio > 1.05:
-        return (
-            f"INT8 is {ratio:.2f}x SLOWER than FP32 here, on {where}: ship INT8 for size or for hardware with int8 "
-            "dot products (VNNI/AMX, ARM dotprod, GPUs, NPUs), not for speed on this CPU"
-        )
-    if ratio < 0.95:
-        return f"INT8 is {1 / ratio:.2f}x faster than FP32 here, on {where}"
-    return f"INT8 runs at the speed of FP32 here ({ratio:.2f}x), on {where}"
 
 
 def _publish(records: dict[str, dict[str, Any]], out: Path) -> None:

@@ -38,6 +38,7 @@ from torch import nn
 import blocks
 import zoo
 
+from .int8 import int8_capability, int8_speed_note
 from .latency import time_side_by_side
 from .memory import peak_tensor_memory
 
@@ -117,6 +118,8 @@ def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        # whether INT8 can be faster here at all: int8 dot products (VNNI/AMX, ARM dotprod) or not
+        "int8": int8_capability(),
         "threads": threads,
         "device": device,
         "gpu": gpu,
@@ -393,10 +396,20 @@ def bench_model(
                 except Exception as e:  # noqa: BLE001 - one failing runtime is reported, the others go on
                     batch_rows.append(_row(subject, rt, batch, "error", _error_text(e)))
             batch_rows += _time_runners(subject, batch, runners, settings)
+            _int8_ratio(batch_rows)
             rows += sorted(batch_rows, key=lambda r: list(runtimes).index(r["runtime"]))
             if progress is not None:
                 progress.update(len(runtimes))
     return rows
+
+
+def _int8_ratio(rows: list[dict[str, Any]]) -> None:
+    """INT8/FP32 onnxruntime latency, measured side by side in the same batch, in numbers and in plain words."""
+    by = {r["runtime"]: r for r in rows if r.get("status") == "ok"}
+    if {"onnxruntime", "onnxruntime-int8"} <= set(by):
+        ratio = by["onnxruntime-int8"]["median_ms"] / by["onnxruntime"]["median_ms"]
+        by["onnxruntime-int8"]["int8_over_fp32"] = round(ratio, 3)
+        by["onnxruntime-int8"]["reason"] = int8_speed_note(ratio, int8_capability())
 
 
 def _time_runners(
@@ -502,6 +515,8 @@ def write_results(result: dict[str, Any], path: str | os.PathLike) -> tuple[Path
 def _summary(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"# {m['cpu']}, {m['threads']} threads, device {m['device']}, torch {m['versions']['torch']}"]
+    if m.get("int8"):
+        lines.append(f"# int8: {m['int8']['note']} ({', '.join(m['int8']['isa'])})")
     lines.append(
         f"{'model':28s} {'runtime':16s} {'batch':>5s} {'median ms':>10s} {'p90 ms':>9s} {'img/s':>9s} "
         f"{'params M':>9s} {'GMACs':>7s} {'peak MB':>8s}"
@@ -513,6 +528,8 @@ def _summary(result: dict[str, Any]) -> str:
                 f"{r['model']:28s} {r['runtime']:16s} {r['batch']:5d} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} "
                 f"{r['throughput_ips']:9.1f} {r['params'] / 1e6:9.3f} {r['macs'] / 1e9:7.3f} {mem:>8s}"
             )
+            if "int8_over_fp32" in r:
+                lines.append(f"{'':28s} {r['reason']}")
         elif r["status"] == "error":
             lines.append(f"{r['model']:28s} {r['runtime']:16s} {r['batch']:5d} error: {r['reason']}")
     lines += [f"skipped {rt}: {why}" for rt, why in result["skipped"].items()]

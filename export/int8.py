@@ -39,6 +39,7 @@ __all__ = [
     "default_reduce_range",
     "evaluate_int8",
     "int8_capability",
+    "int8_speed_note",
     "search_onnx_int8",
 ]
 
@@ -112,6 +113,19 @@ def int8_capability() -> dict[str, Any]:
 def default_reduce_range(capability: dict[str, Any] | None = None) -> bool:
     """7-bit weights where 8-bit products could saturate (x86 without VNNI), full 8 bits elsewhere."""
     return bool((capability or int8_capability())["saturation_risk"])
+
+
+def int8_speed_note(ratio: float, cap: dict[str, Any]) -> str:
+    """Plain words for an INT8/FP32 latency ratio measured here, with the CPU's int8 capability."""
+    where = f"{cap['cpu']} ({'has' if cap['int8_dot_product'] else 'no'} int8 dot products: {', '.join(cap['isa'])})"
+    if ratio > 1.05:
+        return (
+            f"INT8 is {ratio:.2f}x SLOWER than FP32 here, on {where}: ship INT8 for size or for hardware with int8 "
+            "dot products (VNNI/AMX, ARM dotprod, GPUs, NPUs), not for speed on this CPU"
+        )
+    if ratio < 0.95:
+        return f"INT8 is {1 / ratio:.2f}x faster than FP32 here, on {where}"
+    return f"INT8 runs at the speed of FP32 here ({ratio:.2f}x), on {where}"
 
 
 def evaluate_int8(
