@@ -48,7 +48,6 @@ def main() -> int:
     args = p.parse_args()
 
     import numpy as np
-    import torch
 
     import blocks
     import zoo
