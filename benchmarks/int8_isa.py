@@ -71,7 +71,7 @@ def main() -> int:
         files = [fp32]
         for rr in (False, True):
             files.append(tmp / f"int8_reduce_range_{'on' if rr else 'off'}.onnx")
-            quantize_int8(fp32, files[-1], calib, 16, reduce_range=rr)
+            quantize_int8(fp32, files[-1], calib[:60], 20, reduce_range=rr)  # the file's batch is 20
         val = load_digits(args.img_size, "val", cfg["crop_pct"], cfg["interpolation"])
         n = args.images - args.images % 20
         data = tmp / "val.npz"
