@@ -280,14 +280,18 @@ def native_spmm(
     x: torch.Tensor,
     bias: torch.Tensor | None,
     out: torch.Tensor | None = None,
+    product: ctypes._CFuncPtr | None = None,
 ) -> torch.Tensor:
     """``W @ x + bias[:, None]`` for a CSR ``W`` of shape (rows, ``in_features``) and ``x`` (``in_features``, n).
 
     ``indptr``/``indices`` int32, ``values``, ``x``, ``bias`` (rows,) and ``out`` (rows, n; written when given)
     float32; all contiguous, on the CPU. The CSR arrays are trusted to be valid (the layers build them).
+    ``product``: another build's ``zoo_spmm_f32`` (:func:`load_library`; tests of every ISA), default the loaded one.
     """
-    _ensure()
-    fn = _state["fn"]
+    fn = product
+    if fn is None:
+        _ensure()
+        fn = _state["fn"]
     if fn is None:
         raise RuntimeError(f"the native sparse kernel is not available: {_state['status']}")
     rows = indptr.numel() - 1
