@@ -38,6 +38,7 @@ __all__ = [
     "kernel_status",
     "load_library",
     "native_spmm",
+    "product",
     "spmm_available",
 ]
 
@@ -221,6 +222,12 @@ def _ensure() -> None:
                 except Exception:
                     _state.clear()  # asked for the native kernel and it is not there: say so on every use
                     raise
+
+
+def product() -> ctypes._CFuncPtr | None:
+    """The loaded kernel's ``zoo_spmm_f32`` (unchecked arguments: callers pass valid CSR arrays), or None (MKL)."""
+    _ensure()
+    return _state["fn"]  # type: ignore[return-value]
 
 
 def kernel_build() -> str:

@@ -241,12 +241,33 @@ class _MaskedWeight:
                 )
             out_f = mat.shape[0]
             bias = b.detach().view(out_f, 1).clone() if b is not None else mat.new_zeros(out_f, 1)  # out -> out, 1
-            self._csr = (key, csr, bias, csr.values().numel(), {})
+            self._csr = (key, csr, bias, csr.values().numel(), {}, self._raw_product(csr, bias))
         return self._csr[1], self._csr[2], self._csr[3]
 
+    @staticmethod
+    def _raw_product(csr: torch.Tensor, bias: torch.Tensor) -> tuple[Any, ...] | None:
+        """``(kernel, rows, indptr, indices, values, bias pointers, the tensors)`` for calling the native kernel
+        without per-call checks (the arrays are this layer's own, valid by construction), or None without it."""
+        fn = native.product()
+        if fn is None:
+            return None
+        parts = (csr.crow_indices().contiguous(), csr.col_indices().contiguous(), csr.values().contiguous())
+        flat = bias.reshape(-1).contiguous()
+        return (fn, parts[0].numel() - 1, *(t.data_ptr() for t in (*parts, flat)), (parts, flat))
+
     def _sparse_product(self, csr: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-        """``out (out, n) = W x (in, n) + bias``: the native kernel where it is built, else torch's CSR product."""
-        if native.spmm_available():
+        """``out (out, n) = W x (in, n) + bias``: the native kernel where it is built, else torch's CSR product.
+
+        ``x`` and ``out`` are contiguous float32 CPU matrices of ``(in, n)`` and ``(out, n)`` (the callers make them).
+        """
+        raw = self._csr[5] if self._csr is not None and self._csr[1] is csr else None
+        if raw is not None:
+            if x.shape[0] != csr.shape[1] or not (x.is_contiguous() and out.is_contiguous()):
+                raise ValueError(f"sparse product of a ({csr.shape[1]}, n) input, got {tuple(x.shape)}")
+            fn, rows, p_indptr, p_indices, p_values, p_bias, _ = raw
+            fn(rows, x.shape[1], p_indptr, p_indices, p_values, x.data_ptr(), p_bias, out.data_ptr(),
+               torch.get_num_threads())  # fmt: skip
+        elif native.spmm_available():
             parts = (csr.crow_indices(), csr.col_indices(), csr.values())
             native.native_spmm(*parts, csr.shape[1], x.contiguous(), bias.view(-1), out)
         else:
