@@ -8,7 +8,7 @@ the dense op (``F.conv2d``, what a deployed dense model runs) on the 1x1 convolu
 
     python benchmarks/sparse_kernel.py --marchs native,haswell
     python benchmarks/sparse_kernel.py --marchs haswell --shapes 8.4.2,8.4.1,8.2.2,8.6.2 --avx2-dense
-    python benchmarks/sparse_kernel.py --source old_spmm.c --marchs haswell     # an earlier kernel, for "before"
+    python benchmarks/sparse_kernel.py --sources first=old_spmm.c,current=blocks/csrc/spmm.c --plot out/k.png
 
 ``--avx2-dense`` restricts torch's dense kernels to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``,
 ``ATEN_CPU_CAPABILITY=avx2``, set before torch is imported): with an AVX2 build of the sparse kernel, an emulation of
@@ -54,22 +54,53 @@ def _load_any(path: Path) -> tuple[ctypes._CFuncPtr, str]:
     return fn, config
 
 
-def build_variants(marchs: list[str], shapes: list[str], source: Path | None, folder: Path) -> dict[str, tuple]:
-    """``{label: (fn, config)}`` for every -march x strip shape this CPU can run."""
+def build_variants(marchs: list[str], shapes: list[str], sources: dict[str, Path], folder: Path) -> dict[str, tuple]:
+    """``{label: (fn, config)}`` for every source x -march x strip shape this CPU can run."""
     out = {}
-    if source is not None:
-        native.SOURCE = source
-    for march in marchs:
-        if not native.cpu_supports(march):
-            print(f"skipped -march={march}: this CPU lacks {native.X86_TARGETS.get(march, '?')}")
-            continue
-        for shape in shapes or [""]:
-            defines = dict(zip(("ZOO_VW", "ZOO_NV", "ZOO_CH"), map(int, shape.split(".")))) if shape else None
-            lib = folder / f"spmm-{march}-{shape or 'default'}.so"
-            native.compile_kernel(lib, march, defines=defines)
-            fn, config = _load_any(lib)
-            out[f"{march} {shape or config}"] = (fn, config)
+    default = native.SOURCE
+    try:
+        for tag, source in sources.items():
+            native.SOURCE = source
+            for march in marchs:
+                if not native.cpu_supports(march):
+                    print(f"skipped -march={march}: this CPU lacks {native.X86_TARGETS.get(march, '?')}")
+                    continue
+                for shape in shapes or [""]:
+                    defines = dict(zip(("ZOO_VW", "ZOO_NV", "ZOO_CH"), map(int, shape.split(".")))) if shape else None
+                    lib = folder / f"spmm-{tag}-{march}-{shape or 'default'}.so"
+                    native.compile_kernel(lib, march, defines=defines)
+                    fn, config = _load_any(lib)
+                    out[f"{tag} {march} {shape}".strip() if len(sources) > 1 else f"{march} {shape or config}"] = (
+                        fn, config
+                    )  # fmt: skip
+    finally:
+        native.SOURCE = default
     return out
+
+
+def plot(rows: list[dict], variants: list[str], title: str, path: Path) -> None:
+    """Bars of dense/sparse per layer and build (log scale, 1 = parity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(variants)
+    pos = np.arange(len(rows))
+    for i, k in enumerate(variants):
+        ax.bar(pos + (i - (len(variants) - 1) / 2) * width, [r["dense"] / r[k] for r in rows], width, label=k)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(pos, [r["layer"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("dense / sparse latency (> 1: sparse faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _spmm(fn, csr: tuple[torch.Tensor, ...], x: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
@@ -114,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--marchs", default="native,haswell", help="comma-separated -march values")
     p.add_argument("--shapes", default="", help="comma-separated strip shapes vw.nv.ch (default: the ISA's own)")
-    p.add_argument("--source", type=Path, default=None, help="another spmm.c (e.g. an earlier version)")
+    p.add_argument("--sources", default=f"current={native.SOURCE}", help="tag=path,... of spmm.c versions to compare")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG of the per-layer ratios")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--min-seconds", type=float, default=0.5, help="timed seconds per layer (all candidates)")
@@ -125,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, dense kernels: {torch.backends.cpu.get_cpu_capability()}", end="")
     print(f" (ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}), {args.threads} threads")
     with tempfile.TemporaryDirectory() as tmp:
-        variants = build_variants(args.marchs.split(","), [s for s in args.shapes.split(",") if s], args.source,
-                                  Path(tmp))  # fmt: skip
+        sources = dict((kv.split("=", 1)[0], Path(kv.split("=", 1)[1])) for kv in args.sources.split(","))
+        shapes = [s for s in args.shapes.split(",") if s]
+        variants = build_variants(args.marchs.split(","), shapes, sources, Path(tmp))
         rows = bench(variants, args.sparsity, args.min_seconds)
     print(f"\nMobileNetV1-1.0 1x1 convs at {args.sparsity:.0%}, batch 1: dense ms, per build dense/sparse (GFLOP/s)")
     for k, (_, config) in variants.items():
@@ -138,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     tot = {k: sum(r[k] for r in rows) for k in ["dense", *variants]}
     cells = " ".join(f"{tot['dense'] / tot[k]:>21.2f}x" for k in variants)
     print(f"{'all 1x1 convs':18s} {tot['dense']:8.3f} {cells}")
+    if args.plot:
+        dense_isa = torch.backends.cpu.get_cpu_capability()
+        title = (f"MobileNetV1-1.0 1x1 convs at {args.sparsity:.0%}, batch 1, {args.threads} thread(s); "
+                 f"{native.cpu_info()['model']}, dense torch {dense_isa}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+        plot(rows, list(variants), title, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -1,15 +1,18 @@
 """The native sparse kernel: ``blocks/csrc/spmm.c``, compiled on first use and loaded with ctypes.
 
 Deployed sparse 1x1 convolutions multiply a CSR weight by the activation viewed as ``C x HW`` (NCHW needs no
-transposition). torch's CSR product (MKL) does that at about a fifth of oneDNN's dense arithmetic rate, so at 90%
-sparsity it is only ~2x faster than the dense convolution; the small C kernel here broadcasts each non-zero weight
-against a strip of 64 pixels held in vector registers, as XNNPACK's sparse kernels do, and reaches 2-9x.
+transposition). torch's CSR product (MKL) does that at about a fifth of oneDNN's dense arithmetic rate; the small C
+kernel here broadcasts each non-zero weight against a strip of pixels held in vector registers, as XNNPACK's sparse
+kernels do, with the vector width and strip of the ISA it is compiled for (see the source's header).
 
-It is built with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) with ``-O3 -march=native -fopenmp``
-into ``$ZOO_CACHE/kernels`` (default ``~/.cache/efficient-zoo/kernels``), once per source, compiler and CPU; the file
-is written atomically, so concurrent first uses are safe. No compiler, a failed build or ``ZOO_SPARSE_KERNEL=mkl``:
-torch's MKL product is used instead (:func:`kernel_status` says which and why). OpenMP comes from the ``libgomp``
-that torch has already loaded, so both share one thread pool.
+It is built with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) with ``-O3 -march=native -fopenmp
+-ffp-contract=fast`` (``$ZOO_SPARSE_MARCH`` replaces ``native``, e.g. ``haswell`` for an AVX2 build on an AVX-512
+CPU) into ``$ZOO_CACHE/kernels`` (default ``~/.cache/efficient-zoo/kernels``, else the temp folder when that is not
+writable), once per source, compiler, flags and CPU; the file is written atomically, so concurrent first uses are
+safe. No compiler, a failed build or ``ZOO_SPARSE_KERNEL=mkl``: torch's MKL product is used instead
+(:func:`kernel_status` says which and why, and which layer shapes run sparse on this machine). OpenMP comes from the
+``libgomp`` that torch has already loaded, so both share one thread pool. :func:`compile_kernel` builds any variant
+(another ``-march``, a cross compiler, a strip shape) for the tests and ``benchmarks/sparse_kernel.py``.
 """
 
 from __future__ import annotations
