@@ -57,6 +57,7 @@ X86_TARGETS: dict[str, tuple[str, ...]] = {
 }
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "fn": the ctypes function or None, "status": why, "config"/"build": what runs
+generation = 0  # bumped by reset(): layers drop what they prepared for the previous kernel
 
 
 def _cache_dir() -> Path:
@@ -276,8 +277,10 @@ def kernel_status() -> str:
 
 def reset() -> None:
     """Forget the loaded kernel so that the next use looks again (after changing ``ZOO_SPARSE_KERNEL``; tests)."""
+    global generation
     with _lock:
         _state.clear()
+        generation += 1
     cpu_info.cache_clear()
     isa_summary.cache_clear()
 

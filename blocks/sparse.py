@@ -229,6 +229,7 @@ class _MaskedWeight:
             w.data_ptr(),
             None if w.is_inference() else w._version,
             None if b is None or b.is_inference() else b._version,
+            native.generation,
         )
         if self._csr is None or self._csr[0] != key:
             mat = self.weight_matrix().detach()
@@ -273,15 +274,17 @@ class _MaskedWeight:
         else:
             torch.addmm(bias, csr, x, out=out)
 
-    def _sparse_plan(self, signature: str, dense: Any, sparse: Any) -> sparse_plan.Decision:
-        """Whether ``sparse`` (the sparse product) or ``dense`` runs for ``signature``: measured on this machine on
-        first use (:func:`blocks.sparse_plan.decide`), then remembered by the layer."""
+    def _sparse_plan(self, key: tuple, describe: Any, dense: Any, sparse: Any) -> sparse_plan.Decision:
+        """Whether ``sparse`` (the sparse product) or ``dense`` runs for an input ``key`` (shape, layout): measured on
+        this machine on first use (:func:`blocks.sparse_plan.decide` with the signature ``describe()``), then
+        remembered by the layer (per thread count)."""
         memo = self._csr[4]  # type: ignore[index]
-        key = (signature, torch.get_num_threads(), native.kernel_build())
+        key = (*key, torch.get_num_threads())
         decision = memo.get(key)
         if decision is None:
+            signature = describe()
             decision = memo[key] = sparse_plan.decide(signature, dense, sparse)
-        self._last_plan = (signature, decision)
+            self._last_plan = (signature, decision)
         return decision
 
     def _kernel_applies(self, x: torch.Tensor) -> bool:
@@ -358,11 +361,13 @@ class SparseConv2d(_MaskedWeight, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1) and self._kernel_applies(x):
             csr, bias, nnz = self._csr_weight()
-            b, c, h, w = x.shape
-            layout = "nchw" if x.is_contiguous() else "other"
-            sig = f"conv1x1 {self.out_channels}x{c} nnz={nnz} input={b}x{h}x{w} {layout}"
+            contiguous = x.is_contiguous()
             plan = self._sparse_plan(
-                sig, lambda: self._conv_forward(x, self.weight, self.bias), lambda: self._sparse_forward(x, csr, bias)
+                (x.shape, contiguous),
+                lambda: f"conv1x1 {self.out_channels}x{x.shape[1]} nnz={nnz} input={x.shape[0]}x{x.shape[2]}x"
+                f"{x.shape[3]} {'nchw' if contiguous else 'other'}",
+                lambda: self._conv_forward(x, self.weight, self.bias),
+                lambda: self._sparse_forward(x, csr, bias),
             )
             if plan.sparse:
                 return self._sparse_forward(x, csr, bias)
@@ -408,9 +413,11 @@ class SparseLinear(_MaskedWeight, nn.Linear):
             if self._kernel_applies(x):
                 csr, bias, nnz = self._csr_weight()
                 rows = x.reshape(-1, self.in_features)  # ..., in -> N, in
-                sig = f"linear {self.out_features}x{self.in_features} nnz={nnz} rows={rows.shape[0]}"
                 plan = self._sparse_plan(
-                    sig, lambda: F.linear(x, self.weight, self.bias), lambda: self._sparse_rows(rows, csr, bias)
+                    (rows.shape,),
+                    lambda: f"linear {self.out_features}x{self.in_features} nnz={nnz} rows={rows.shape[0]}",
+                    lambda: F.linear(x, self.weight, self.bias),
+                    lambda: self._sparse_rows(rows, csr, bias),
                 )
                 if plan.sparse:
                     return self._sparse_rows(rows, csr, bias).reshape(*x.shape[:-1], self.out_features)
