@@ -159,8 +159,8 @@ Deployed models (`python benchmarks/sparse.py --threads 1 --models M --sparsitie
 
 | model, sparsity | build | end to end | 1x1 convs (deployed layers) | per 1x1 conv | load |
 |---|---|---|---|---|---|
-| MobileNetV1 1.0, 90% | AVX2 (emulated) | 1.61 | 2.52 | 1.80-3.01, all sparse | 13.7-14.5 |
-| MobileNetV1 1.0, 90% | AVX-512 | 1.40 | 1.85 | 1.55-2.53, all sparse | 14.6-15.5 |
+| MobileNetV1 1.0, 90% | AVX2 (emulated) | 1.63 | 2.84 | 1.94-3.50 (2.56-3.50 at 56-14 px), all sparse | 11.3-12.0 |
+| MobileNetV1 1.0, 90% | AVX-512 | 1.47 | 1.99 | 1.69-2.47, all sparse | 10.9-11.2 |
 | MobileNetV1 1.0, 90%, first kernel + fitted cost model | AVX-512 | 0.48 | 0.08 | 0.04-0.33 | 12.6-12.9 |
 | MobileNetV2 1.0, 85% | AVX2 (emulated) | 1.20 | 1.40 | 0.96-2.32, all 34 sparse | 11.3-11.8 |
 | MobileNetV2 1.0, 85% | AVX-512 | 1.17 | 1.28 | 1.02-1.70, all 34 sparse | 14.0-14.7 |
