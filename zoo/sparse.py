@@ -153,8 +153,8 @@ layer shapes, load 10-13): the first kernel (64-float vectors on every ISA) ran 
 build (0.09-0.47x per layer, 0.6-3.9 GFLOP/s) and on AVX-512 (0.08-0.47x); the current one runs at 3.94x as an AVX2
 build (2.65-5.74x per layer, 15-48 GFLOP/s) and 2.92x on AVX-512 (2.29-4.23x, 17-57 GFLOP/s). Strip shapes tried
 (floats per vector . vectors . chains, sum over the layers): AVX2 8.4.2 3.52x, 8.4.1 3.72x, 8.2.2 3.17x, 8.6.2 3.96x,
-8.8.1 3.94x; AVX-512 16.4.2 2.68x, 16.4.1 2.79x, 16.2.2 2.59x, 16.6.2 2.79x, 16.8.1 2.92x. Per layer, first against current kernel
-(`--sources first=<old spmm.c>,current=blocks/csrc/spmm.c --plot`, load 14-15):
+8.8.1 3.94x; AVX-512 16.4.2 2.68x, 16.4.1 2.79x, 16.2.2 2.59x, 16.6.2 2.79x, 16.8.1 2.92x. Per layer, first
+against current kernel (`--sources first=<old spmm.c>,current=blocks/csrc/spmm.c --plot`, load 14-15):
 `benchmarks/results/sparse_kernel_avx2_emulated.png`, `benchmarks/results/sparse_kernel_avx512.png`.
 
 Deployed models (`python benchmarks/sparse.py --threads 1 --models M --sparsities S`, decisions measured in the run):
