@@ -4,129 +4,45 @@ For MobileNetV1-1.0, MobileNetV2-1.0 and EfficientNet-B0: the deployed dense mod
 70/80/90% sparsity (random masks at that sparsity, paper structure), batch 1, 2 threads, timed in alternation;
 end-to-end latency ratios (dense / sparse, > 1 means the sparse model is faster) and, per model and sparsity, the
 ratio over the 1x1 convolutions alone (each 1x1 conv timed on its real input, dense op against the layer's deployed
-forward, which picks sparse or dense by the cost model). The dense model also runs under onnxruntime (same
-threads) as a stronger dense baseline: eager PyTorch runs batch-1 1x1 convolutions through its generic
-im2col + GEMM path, not oneDNN.
+forward, which runs sparse or dense as measured on this machine on first use, :mod:`blocks.sparse_plan`). The dense
+model also runs under onnxruntime (same threads) as a stronger dense baseline. The header names the CPU, its ISA,
+the sparse kernel build and the load average, which every figure taken from the table must quote.
 
-    python benchmarks/sparse.py                          # the table
-    python benchmarks/sparse.py --calibrate              # re-fit the cost model of the sparse kernel in use
+    python benchmarks/sparse.py                                      # the table
+    python benchmarks/sparse.py --models mobilenetv1_100 --sparsities 0.9 --march haswell --avx2-dense
 
-``--calibrate`` times the dense 1x1 convolution against the CSR product over a grid of layer shapes and
-densities and prints the least-squares fit of :class:`blocks.sparse.KernelCostModel` and how often its decision
-agrees with the measurement.
+``--march haswell`` builds the sparse kernel for AVX2/FMA (``ZOO_SPARSE_MARCH``) and ``--avx2-dense`` restricts
+torch's dense kernels to AVX2 (``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``, ``ATEN_CPU_CAPABILITY``, set before
+torch is imported): on an AVX-512 CPU, an emulation of an AVX2-only one (same cores, caches and clock).
+``ZOO_SPARSE_PLAN=sparse`` forces every sparse layer onto the sparse product (the kernel alone, no decisions).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import platform
+import os
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+if "--avx2-dense" in sys.argv:  # before torch is imported
+    os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2", ATEN_CPU_CAPABILITY="avx2")
+for _i, _a in enumerate(sys.argv):  # the kernel's -march, before blocks.native builds it
+    if _a == "--march" and _i + 1 < len(sys.argv):
+        os.environ["ZOO_SPARSE_MARCH"] = sys.argv[_i + 1]
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import blocks  # noqa: E402
 import zoo  # noqa: E402
 from blocks import native  # noqa: E402
-from blocks.sparse import KernelCostModel, SparseConv2d, active_cost_model, prune_random, sparse_kernel_is_faster  # noqa: E402
+from blocks.sparse import SparseConv2d, prune_random  # noqa: E402
 from export.latency import time_side_by_side  # noqa: E402
-
-# (in, out) channel pairs of the 1x1 convs of MobileNetV1/V2 and EfficientNet-B0, with the spatial sizes they see.
-_GRID_CHANNELS = [(32, 64), (64, 128), (128, 256), (256, 512), (512, 512), (1024, 1024), (16, 96), (96, 24)]
-_GRID_CHANNELS += [(144, 32), (192, 64), (384, 64), (576, 160), (960, 320), (320, 1280), (1280, 1000)]
-_GRID_COLS = [1, 49, 196, 784, 3136, 12544]
-_GRID_DENSITY = [0.05, 0.1, 0.2, 0.3, 0.5]
-
-
-def _layer_pair(cin: int, cout: int, density: float) -> tuple[SparseConv2d, torch.Tensor]:
-    layer = SparseConv2d(cin, cout, bias=True)
-    blocks.prune_magnitude(layer, 1.0 - density)
-    layer.reparameterize()
-    return layer, layer.weight.detach().clone()
-
-
-def _time_layer(layer: SparseConv2d, w: torch.Tensor, x: torch.Tensor, min_seconds: float) -> tuple[float, float]:
-    """Dense and CSR latency (us) of one deployed layer: the lowest of 3 medians, as the machine is shared."""
-    csr, bias, _ = layer._csr_weight()
-    cands = {"dense": lambda: F.conv2d(x, w, layer.bias), "sparse": lambda: layer._sparse_forward(x, csr, bias)}
-    best = {"dense": float("inf"), "sparse": float("inf")}
-    with torch.inference_mode():
-        for _ in range(3):
-            res = time_side_by_side(cands, warmup=2, min_runs=5, min_seconds=min_seconds / 3)
-            best = {k: min(best[k], res[k].median_ms * 1e3) for k in best}
-    return best["dense"], best["sparse"]
-
-
-def measure_grid(min_seconds: float) -> np.ndarray:
-    """Rows ``(out, in, nnz, cols, dense_us, sparse_us)`` over the calibration grid."""
-    rows = []
-    for cin, cout in _GRID_CHANNELS:
-        for cols in _GRID_COLS:
-            if cin * cout * cols > 2e8:  # larger than any layer of the benchmarked models
-                continue
-            side = int(cols**0.5)
-            x = torch.randn(1, cin, side, side)
-            for density in _GRID_DENSITY:
-                layer, w = _layer_pair(cin, cout, density)
-                dense_us, sparse_us = _time_layer(layer, w, x, min_seconds)
-                rows.append((cout, cin, int((w != 0).sum()), side * side, dense_us, sparse_us))
-    return np.array(rows, dtype=np.float64)
-
-
-def _robust_nnls(features: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Non-negative least squares on relative error, refitted without the worst outliers (a shared machine)."""
-    from scipy.optimize import nnls
-
-    keep = np.ones(len(t), dtype=bool)
-    for _ in range(3):
-        coef = nnls(features[keep] / t[keep, None], np.ones(keep.sum()))[0]
-        rel = np.abs(features @ coef - t) / t
-        keep = rel <= max(0.5, np.quantile(rel, 0.9))
-    return coef
-
-
-def fit_cost_model(r: np.ndarray) -> KernelCostModel:
-    """Fit :class:`KernelCostModel` to calibration rows and print how often its decisions match the timings."""
-    out_f, in_f, nnz, cols, td, ts = r.T
-    cd = _robust_nnls(np.stack([np.ones_like(td), out_f * in_f * cols, (in_f + out_f) * cols], 1), td)
-    cs = _robust_nnls(np.stack([np.ones_like(ts), nnz * cols, out_f * cols], 1), ts)
-    inv = lambda c: float(1 / max(c, 1e-12))  # noqa: E731
-    fit = KernelCostModel(float(cd[0]), inv(cd[1]), inv(cd[2]), float(cs[0]), inv(cs[1]), inv(cs[2]))
-    for name, model in (("current", active_cost_model()), ("fitted", fit)):
-        pred = np.array(
-            [
-                model.sparse_us(int(o), int(n), int(c)) < model.dense_us(int(o), int(i), int(c))
-                for o, i, n, c in zip(out_f, in_f, nnz, cols)
-            ]
-        )
-        truth = ts < td
-        best = np.minimum(td, ts).sum()
-        chosen = np.where(pred, ts, td).sum()
-        print(
-            f"{name}: {model}\n  decision agrees on {np.mean(pred == truth):.0%} of {len(r)} shapes; its choices "
-            f"take {chosen / best - 1:.1%} longer than the best ones (always dense: {td.sum() / best - 1:.1%})"
-        )
-    return fit
-
-
-def calibrate(min_seconds: float, csv_path: str, fit_only: bool = False) -> KernelCostModel:
-    """Time dense vs CSR over the grid (or read the rows of an earlier run) and fit the cost model."""
-    if fit_only:
-        r = np.loadtxt(csv_path, delimiter=",", skiprows=1)
-    else:
-        r = measure_grid(min_seconds)
-        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(csv_path, r, delimiter=",", header="out,in,nnz,cols,dense_us,sparse_us", comments="")
-    return fit_cost_model(r)
-
 
 MODELS = {  # dense model -> its sparse variant (the paper's structure; re-masked at each benchmarked sparsity)
     "mobilenetv1_100": "sparse_mobilenetv1_100_s90",
@@ -199,9 +115,9 @@ def bench_model(
             for s, model in sparse.items():
                 mod = model.get_submodule(name)
                 cands[f"s{s:.0%}"] = lambda m=mod, t=inp: m(t)
-                csr, _, nnz = mod._csr_weight()
-                hw = inp.shape[2] * inp.shape[3]
-                row[f"kernel_s{s:.0%}"] = "csr" if sparse_kernel_is_faster(row["out"], row["in"], nnz, hw) else "dense"
+                mod(inp)  # decided here (or already, end to end)
+                plan = mod._last_plan
+                row[f"kernel_s{s:.0%}"] = "?" if plan is None else ("csr" if plan[1].sparse else "dense")
             row |= {k: v.median_ms for k, v in time_side_by_side(cands, min_seconds=min_seconds / 10).items()}
             layers.append(row)
     return e2e, layers
@@ -232,7 +148,7 @@ def _print_tables(results: dict, sparsities: list[float]) -> list[dict]:
         )
         rows.append({"model": name, "scope": "1x1 convs", "dense_ms": tot["dense"]} | {c: tot[c] for c in cols})
     for name, (_, layers) in results.items():
-        print(f"\nPer 1x1 conv, {name}: dense/sparse ratio (kernel the cost model picked: csr = the sparse product)")
+        print(f"\nPer 1x1 conv, {name}: dense/sparse ratio (kernel chosen by measurement: csr = the sparse product)")
         for r in layers:
             cells = " ".join(f"{r['dense'] / r[c]:5.2f} {r['kernel_' + c]:5s}" for c in cols)
             print(f"  {r['layer']:28s} {r['in']:5d}->{r['out']:<5d} {r['hw']:3d}px {r['dense']:7.3f} ms  {cells}")
@@ -248,17 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per candidate (at least)")
     p.add_argument("--out", default="out/benchmarks/sparse.csv")
     p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime dense baseline")
-    p.add_argument("--calibrate", action="store_true", help="fit the kernel cost model instead")
-    p.add_argument("--csv", default="out/benchmarks/sparse_calibration.csv", help="raw calibration timings")
-    p.add_argument("--fit-only", action="store_true", help="with --calibrate: refit from --csv, measure nothing")
+    p.add_argument("--march", default=None, help="build the sparse kernel for this -march (e.g. haswell)")
+    p.add_argument("--avx2-dense", action="store_true", help="restrict torch's dense kernels to AVX2")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
-    print(f"sparse product: {native.kernel_status()} (ZOO_SPARSE_KERNEL=mkl selects torch's MKL product)")
-    if args.calibrate:
-        calibrate(args.min_seconds, args.csv, args.fit_only)
-        return 0
+    print(f"CPU: {native.cpu_info()['model']}; ISA: {native.isa_summary()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"torch {torch.__version__}, dense kernels {torch.backends.cpu.get_cpu_capability()}", end="")
+    print(f" (ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}), {args.threads} threads")
+    status = native.kernel_status().split("; plans:")[0]
+    print(f"sparse product: {status}; decisions: ZOO_SPARSE_PLAN={os.environ.get('ZOO_SPARSE_PLAN', 'measure')}")
     sparsities = [float(s) for s in args.sparsities.split(",")]
     ort_threads = 0 if args.no_ort else args.threads
     results = {name: bench_model(name, sparsities, args.min_seconds, ort_threads) for name in args.models.split(",")}
@@ -268,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\nwrote {args.out}")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\nwrote {args.out}")
     return 0
 
 

@@ -35,9 +35,11 @@ Pruning. :func:`prune_magnitude` prunes an already trained model in one shot; :f
 ``round(s * units)`` pruned units per layer (units: weights, or blocks), the lowest-magnitude ones.
 
 Deployment. ``reparameterize()`` (and ``fused_with`` for ``ConvBN``'s BN folding, which scales output channels and so
-keeps zeros zero) gives a deployed layer whose weight already holds the zeros. Its forward picks, per layer and per
-activation size, the faster of the dense op and a CSR sparse-matrix product (``torch.addmm`` with a CSR weight over
-the activations viewed as ``C x HW``), by the cost model :func:`sparse_kernel_is_faster`. Under ``torch.export``,
+keeps zeros zero) gives a deployed layer whose weight already holds the zeros. Its forward runs, per layer and per
+input shape, the faster on this machine of the dense op and a CSR sparse-matrix product over the activations viewed
+as ``C x HW`` (the native kernel of :mod:`blocks.native`, else torch's MKL product): both are timed on the real
+input on first use and the choice is cached per machine (:mod:`blocks.sparse_plan`; :func:`kernel_decisions` reports
+it per layer). Where sparse does not win clearly, the layer runs dense. Under ``torch.export``,
 ONNX (dynamo or TorchScript) and CoreML tracing, ``torch.compile``, autograd, or off CPU/float32, it is always the
 dense op with the dense (zero-holding) weight, so exported graphs are ordinary convolutions.
 """
@@ -46,14 +48,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import native, sparse_plan
 
 __all__ = [
     "PATTERNS",
@@ -65,8 +66,8 @@ __all__ = [
     "model_sparsity",
     "prune_magnitude",
     "prune_random",
+    "kernel_decisions",
     "sparse_layers",
-    "sparse_kernel_is_faster",
     "sparsity_report",
     "zhu_gupta_sparsity",
 ]
@@ -149,86 +150,6 @@ def compute_mask(
     return keep.view(out_f, in_f)  # out, in/4, 4 -> out, in
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Cost model of the deploy kernel.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KernelCostModel:
-    """Latency model (microseconds) of a ``(out, in)`` weight applied to ``cols`` activation columns on CPU.
-
-    ``dense = dense_fixed + out * in * cols / dense_macs_per_us + (in + out) * cols / dense_elems_per_us`` (the
-    last term: small-channel 1x1 convolutions are bound by moving activations, not by arithmetic) and
-    ``sparse = sparse_fixed + nnz * cols / sparse_macs_per_us + out * cols / sparse_outputs_per_us``.
-    Fitted by ``benchmarks/sparse.py --calibrate`` (weighted non-negative least squares; see MODEL_CARDS.md).
-    """
-
-    dense_fixed: float
-    dense_macs_per_us: float
-    dense_elems_per_us: float
-    sparse_fixed: float
-    sparse_macs_per_us: float
-    sparse_outputs_per_us: float
-
-    def dense_us(self, out_f: int, in_f: int, cols: int) -> float:
-        """Predicted dense latency."""
-        return (
-            self.dense_fixed
-            + out_f * in_f * cols / self.dense_macs_per_us
-            + (in_f + out_f) * cols / (self.dense_elems_per_us)
-        )
-
-    def sparse_us(self, out_f: int, nnz: int, cols: int) -> float:
-        """Predicted CSR latency."""
-        return self.sparse_fixed + nnz * cols / self.sparse_macs_per_us + out_f * cols / self.sparse_outputs_per_us
-
-
-#: Fitted by ``benchmarks/sparse.py --calibrate`` on this project's 2-core x86 machine (2 threads, torch 2.14, oneDNN
-#: dense convolution, MKL CSR product with int32 indices) over 335 layer shapes: the choice agrees with the faster
-#: measured kernel on 84% of them and costs 8.7% more time than always picking the faster one (always dense: 50%).
-COST_MODEL = KernelCostModel(
-    dense_fixed=4.9,
-    dense_macs_per_us=178_000.0,
-    dense_elems_per_us=8_500.0,
-    sparse_fixed=5.2,
-    sparse_macs_per_us=30_000.0,
-    sparse_outputs_per_us=16_600.0,
-)
-
-
-#: The same fit for the native kernel (``blocks/csrc/spmm.c``, :mod:`blocks.native`), on the same machine
-#: (``benchmarks/sparse.py --calibrate --min-seconds 0.3``): over 335 layer shapes its choice agrees with the faster
-#: measured kernel on 91% and costs 2.3% more time than always picking the faster one (always dense: 106%).
-NATIVE_COST_MODEL = KernelCostModel(
-    dense_fixed=4.9,
-    dense_macs_per_us=180_000.0,
-    dense_elems_per_us=9_900.0,
-    sparse_fixed=12.5,
-    sparse_macs_per_us=81_000.0,
-    sparse_outputs_per_us=176_000.0,
-)
-
-
-def active_cost_model() -> KernelCostModel:
-    """The cost model of the sparse product in use (:func:`blocks.native.kernel_name`)."""
-    return NATIVE_COST_MODEL if native.kernel_name() == "native" else COST_MODEL
-
-
-def sparse_kernel_is_faster(out_f: int, in_f: int, nnz: int, cols: int, model: KernelCostModel | None = None) -> bool:
-    """Whether the sparse product beats the dense op for this layer shape, per the calibrated cost model.
-
-    Args:
-        out_f: output channels / features.
-        in_f: input channels / features.
-        nnz: non-zero weights.
-        cols: activation columns per call (``H * W`` for a 1x1 conv, per sample; the batch for a linear layer).
-        model: the cost model; default that of the kernel in use (:func:`active_cost_model`).
-    """
-    model = model or active_cost_model()
-    return model.sparse_us(out_f, nnz, cols) < model.dense_us(out_f, in_f, cols)
-
-
 def _dense_only() -> bool:
     """True while tracing / exporting / compiling: the graph must hold the ordinary dense op."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
@@ -259,6 +180,7 @@ class _MaskedWeight:
         self.pattern = pattern
         self.deployed = False
         self._csr: tuple[Any, ...] | None = None
+        self._last_plan: tuple[str, sparse_plan.Decision] | None = None
 
     def extra_repr(self) -> str:
         extra = f"sparsity={self.sparsity:.3f}" + (f", pattern={self.pattern}" if self.pattern else "")
@@ -307,6 +229,7 @@ class _MaskedWeight:
             w.data_ptr(),
             None if w.is_inference() else w._version,
             None if b is None or b.is_inference() else b._version,
+            native.generation,
         )
         if self._csr is None or self._csr[0] != key:
             mat = self.weight_matrix().detach()
@@ -319,29 +242,53 @@ class _MaskedWeight:
                 )
             out_f = mat.shape[0]
             bias = b.detach().view(out_f, 1).clone() if b is not None else mat.new_zeros(out_f, 1)  # out -> out, 1
-            self._csr = (key, csr, bias, csr.values().numel(), {})
+            self._csr = (key, csr, bias, csr.values().numel(), {}, self._raw_product(csr, bias))
         return self._csr[1], self._csr[2], self._csr[3]
 
+    @staticmethod
+    def _raw_product(csr: torch.Tensor, bias: torch.Tensor) -> tuple[Any, ...] | None:
+        """``(kernel, rows, indptr, indices, values, bias pointers, the tensors)`` for calling the native kernel
+        without per-call checks (the arrays are this layer's own, valid by construction), or None without it."""
+        fn = native.product()
+        if fn is None:
+            return None
+        parts = (csr.crow_indices().contiguous(), csr.col_indices().contiguous(), csr.values().contiguous())
+        flat = bias.reshape(-1).contiguous()
+        return (fn, parts[0].numel() - 1, *(t.data_ptr() for t in (*parts, flat)), (parts, flat))
+
     def _sparse_product(self, csr: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-        """``out (out, n) = W x (in, n) + bias``: the native kernel where it is built, else torch's CSR product."""
-        if native.spmm_available():
+        """``out (out, n) = W x (in, n) + bias``: the native kernel where it is built, else torch's CSR product.
+
+        ``x`` and ``out`` are contiguous float32 CPU matrices of ``(in, n)`` and ``(out, n)`` (the callers make them).
+        """
+        raw = self._csr[5] if self._csr is not None and self._csr[1] is csr else None
+        if raw is not None:
+            if x.shape[0] != csr.shape[1] or not (x.is_contiguous() and out.is_contiguous()):
+                raise ValueError(f"sparse product of a ({csr.shape[1]}, n) input, got {tuple(x.shape)}")
+            fn, rows, p_indptr, p_indices, p_values, p_bias, _ = raw
+            fn(rows, x.shape[1], p_indptr, p_indices, p_values, x.data_ptr(), p_bias, out.data_ptr(),
+               torch.get_num_threads())  # fmt: skip
+        elif native.spmm_available():
             parts = (csr.crow_indices(), csr.col_indices(), csr.values())
             native.native_spmm(*parts, csr.shape[1], x.contiguous(), bias.view(-1), out)
         else:
             torch.addmm(bias, csr, x, out=out)
 
-    def _sparse_plan(self, cols: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(csr_weight, bias_column)`` when the cost model picks the sparse kernel for ``cols`` columns (cached)."""
-        csr, bias, nnz = self._csr_weight()
-        decisions = self._csr[4]
-        use = decisions.get(cols)
-        if use is None:
-            out_f, in_f = self.weight_matrix().shape
-            use = decisions[cols] = sparse_kernel_is_faster(out_f, in_f, nnz, cols)
-        return (csr, bias) if use else None
+    def _sparse_plan(self, key: tuple, describe: Any, dense: Any, sparse: Any) -> sparse_plan.Decision:
+        """Whether ``sparse`` (the sparse product) or ``dense`` runs for an input ``key`` (shape, layout): measured on
+        this machine on first use (:func:`blocks.sparse_plan.decide` with the signature ``describe()``), then
+        remembered by the layer (per thread count)."""
+        memo = self._csr[4]  # type: ignore[index]
+        key = (*key, torch.get_num_threads())
+        decision = memo.get(key)
+        if decision is None:
+            signature = describe()
+            decision = memo[key] = sparse_plan.decide(signature, dense, sparse)
+            self._last_plan = (signature, decision)
+        return decision
 
     def _kernel_applies(self, x: torch.Tensor) -> bool:
-        """Sparse kernel preconditions that do not depend on the cost model."""
+        """Sparse kernel preconditions that do not depend on timing."""
         return (
             self.deployed
             and x.device.type == "cpu"
@@ -413,9 +360,17 @@ class SparseConv2d(_MaskedWeight, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == (1, 1) and self._kernel_applies(x):
-            plan = self._sparse_plan(x.shape[2] * x.shape[3])
-            if plan is not None:
-                return self._sparse_forward(x, *plan)
+            csr, bias, nnz = self._csr_weight()
+            contiguous = x.is_contiguous()
+            plan = self._sparse_plan(
+                (x.shape, contiguous),
+                lambda: f"conv1x1 {self.out_channels}x{x.shape[1]} nnz={nnz} input={x.shape[0]}x{x.shape[2]}x"
+                f"{x.shape[3]} {'nchw' if contiguous else 'other'}",
+                lambda: self._conv_forward(x, self.weight, self.bias),
+                lambda: self._sparse_forward(x, csr, bias),
+            )
+            if plan.sparse:
+                return self._sparse_forward(x, csr, bias)
         return self._conv_forward(x, self.weight, self.bias)
 
     def _sparse_forward(self, x: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -456,14 +411,23 @@ class SparseLinear(_MaskedWeight, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deployed:
             if self._kernel_applies(x):
+                csr, bias, nnz = self._csr_weight()
                 rows = x.reshape(-1, self.in_features)  # ..., in -> N, in
-                plan = self._sparse_plan(rows.shape[0])
-                if plan is not None:
-                    out = rows.new_empty(self.out_features, rows.shape[0])
-                    self._sparse_product(*plan, rows.t().contiguous(), out)  # (out, in) x (in, N) -> out, N
-                    return out.t().reshape(*x.shape[:-1], self.out_features)  # out, N -> ..., out
+                plan = self._sparse_plan(
+                    (rows.shape,),
+                    lambda: f"linear {self.out_features}x{self.in_features} nnz={nnz} rows={rows.shape[0]}",
+                    lambda: F.linear(x, self.weight, self.bias),
+                    lambda: self._sparse_rows(rows, csr, bias),
+                )
+                if plan.sparse:
+                    return self._sparse_rows(rows, csr, bias).reshape(*x.shape[:-1], self.out_features)
             return F.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight * self.mask, self.bias)
+
+    def _sparse_rows(self, rows: torch.Tensor, csr: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out = rows.new_empty(self.out_features, rows.shape[0])
+        self._sparse_product(csr, bias, rows.t().contiguous(), out)  # (out, in) x (in, N) -> out, N
+        return out.t()  # out, N -> N, out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -549,6 +513,27 @@ def prune_random(
 def sparsity_report(model: nn.Module) -> dict[str, float]:
     """``{layer name: fraction of pruned weights}`` of every sparse layer (for the export manifest)."""
     return {name: layer.sparsity for name, layer in sparse_layers(model)}
+
+
+def kernel_decisions(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{layer name: {"kernel": "sparse"/"dense", "signature", "dense_us", "sparse_us", "ratio", "source"}}`` of
+    every deployed sparse layer that has run on this machine (its latest input shape), for export manifests; layers
+    that have not run yet (or run only dense because of their stride / dtype / device) are ``{"kernel": "dense",
+    "source": "not measured"}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, layer in sparse_layers(model):
+        if not layer.deployed:
+            continue
+        plan = getattr(layer, "_last_plan", None)
+        if plan is None:
+            out[name] = {"kernel": "dense", "source": "not measured"}
+            continue
+        sig, d = plan
+        out[name] = {"kernel": d.kernel, "signature": sig, "source": d.source}
+        if d.source != "forced":
+            out[name] |= {"dense_us": round(d.dense_us, 2), "sparse_us": round(d.sparse_us, 2)}
+            out[name]["ratio"] = round(d.ratio, 3)
+    return out
 
 
 def model_sparsity(model: nn.Module) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["path_sha256", "path_size", "sparsity", "summary_table", "toolchain_versions", "write_json_atomic"]
@@ -73,7 +74,9 @@ def path_size(path: str | os.PathLike) -> int:
 
 def sparsity(model: nn.Module) -> dict[str, Any]:
     """Per-layer sparsity of the deployed weights: the fraction of exact zeros of every conv / linear weight and the
-    overall fraction; plus the masks' own figures (``blocks.sparsity_report``) for models with sparse layers."""
+    overall fraction; plus, for models with sparse layers, the masks' own figures (``blocks.sparsity_report``) and
+    which layers run the sparse kernel on this machine with their measured dense/sparse ratios
+    (``blocks.sparse.kernel_decisions``)."""
     import blocks
 
     layers, zeros, total = {}, 0, 0
@@ -91,6 +94,16 @@ def sparsity(model: nn.Module) -> dict[str, Any]:
     masked = blocks.sparsity_report(model)
     if masked:
         out["masked_layers"] = {k: round(float(v), 6) for k, v in masked.items()}
+        from blocks import native
+
+        out["kernel"] = {  # which deployed layers run sparse on the exporting machine, as measured there
+            "status": native.kernel_status(),
+            "cpu": native.cpu_info()["model"],
+            "isa": native.isa_summary(),
+            "threads": torch.get_num_threads(),
+            "note": "eager deployed runs only; the exported graphs hold dense convolutions with the zeros",
+            "layers": blocks.sparse.kernel_decisions(model),
+        }
     return out
 
 

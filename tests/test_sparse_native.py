@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
-import blocks
 from blocks import SparseConv2d, SparseLinear, native, prune_magnitude
 
 needs_cc = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+on_x86 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 builds")
+SELFCHECK = Path(__file__).with_name("csrc") / "spmm_selfcheck.c"
+#: -march -> the ISA the kernel reports for it (its vector width and strip follow from that)
+ISA_OF = {"x86-64": "sse2", "x86-64-v2": "sse2", "haswell": "avx2-fma", "x86-64-v4": "avx512"}
 
 
 @pytest.fixture
@@ -70,9 +78,9 @@ def test_deployed_layers_use_the_native_kernel(fresh_kernel) -> None:
     prune_magnitude(conv, 0.9)
     prune_magnitude(lin, 0.9)
     calls = []
-    real = native.native_spmm
-    fresh_kernel.setattr(native, "native_spmm", lambda *a: calls.append(1) or real(*a))
-    fresh_kernel.setattr(blocks.sparse, "sparse_kernel_is_faster", lambda *a, **k: True)  # whatever the cost model says
+    real = native.product()
+    fresh_kernel.setattr(native, "product", lambda: lambda *a: calls.append(1) or real(*a))
+    fresh_kernel.setenv("ZOO_SPARSE_PLAN", "sparse")  # whatever this machine's timings say
     for layer in (conv, lin):
         layer.reparameterize()
     x, rows = torch.randn(2, 128, 20, 20), torch.randn(3, 256)
@@ -89,7 +97,6 @@ def test_deployed_layers_use_the_native_kernel(fresh_kernel) -> None:
 def test_mkl_product_when_asked(fresh_kernel) -> None:
     fresh_kernel.setenv("ZOO_SPARSE_KERNEL", "mkl")
     assert native.kernel_name() == "mkl" and "ZOO_SPARSE_KERNEL=mkl" in native.kernel_status()
-    assert blocks.sparse.active_cost_model() is blocks.sparse.COST_MODEL
     conv = SparseConv2d(128, 96)
     prune_magnitude(conv, 0.9)
     conv.reparameterize()
@@ -140,3 +147,85 @@ def test_unwritable_cache_builds_in_the_temp_folder(fresh_kernel, tmp_path) -> N
     (tmp_path / "tmp").mkdir()
     assert native.kernel_name() == "native", native.kernel_status()
     assert list((tmp_path / "tmp" / "efficient-zoo-kernels").glob("spmm-*.so"))
+
+
+def _check_product(product, threads: int) -> None:
+    for n in (1, 3, 4, 9, 16, 33, 64, 65, 127, 128, 129, 196, 300, 784):  # every strip / remainder / tail path
+        w = _csr(37, 53, 0.15, empty_rows=2)
+        csr = w.to_sparse_csr()
+        parts = (csr.crow_indices().int(), csr.col_indices().int(), csr.values())
+        x, bias = torch.randn(53, n), torch.randn(37)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = native.native_spmm(*parts, 53, x, bias, product=product)
+        finally:
+            torch.set_num_threads(before)
+        assert rel_err(out, (w.double() @ x.double() + bias.double()[:, None]).float()) <= 1e-6, n
+
+
+@needs_cc
+@on_x86
+@pytest.mark.parametrize("march", list(ISA_OF))
+def test_every_x86_build_is_exact_where_this_cpu_runs_it(march: str, tmp_path) -> None:
+    lib = tmp_path / f"spmm-{march}.so"
+    try:
+        native.compile_kernel(lib, march)  # every build must compile, whatever this CPU runs
+    except RuntimeError as e:
+        if "bad value" in str(e) and march.startswith("x86-64-v"):
+            pytest.skip(f"this compiler predates -march={march} (GCC 11 / clang 12)")
+        raise
+    assert lib.stat().st_size > 0
+    if not native.cpu_supports(march):
+        return  # built only: this CPU lacks the ISA (e.g. AVX-512 on an AVX2-only machine)
+    product, config = native.load_library(lib)
+    assert config.split()[0] == ISA_OF[march], config
+    for threads in (1, 2):
+        _check_product(product, threads)
+
+
+@needs_cc
+@on_x86
+@pytest.mark.parametrize("defines", [{"ZOO_NV": 3, "ZOO_CH": 2}, {"ZOO_VW": 8, "ZOO_NV": 1, "ZOO_CH": 2}])
+def test_other_strip_shapes_are_exact(defines: dict, tmp_path) -> None:
+    lib = tmp_path / "spmm-shape.so"
+    native.compile_kernel(lib, "x86-64", defines=defines)  # generic vectors: runs on any x86-64
+    product, config = native.load_library(lib)
+    assert f"nv={defines['ZOO_NV']} ch={defines['ZOO_CH']}" in config
+    _check_product(product, 2)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="no aarch64 cross compiler")
+def test_neon_build_compiles_and_runs_under_qemu(tmp_path) -> None:
+    cc = "aarch64-linux-gnu-gcc"
+    native.compile_kernel(tmp_path / "spmm-neon.so", "armv8-a", cc=cc)
+    if shutil.which("qemu-aarch64") is None:
+        return  # built only
+    exe = tmp_path / "selfcheck"
+    cmd = [cc, "-O2", "-fopenmp", "-std=c99", "-ffp-contract=fast", "-static", str(SELFCHECK), str(native.SOURCE)]
+    subprocess.run([*cmd, "-o", str(exe), "-lm"], check=True, capture_output=True, timeout=300)
+    res = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.startswith("neon vw=4"), res.stdout + res.stderr
+
+
+@needs_cc
+def test_selfcheck_catches_a_wrong_kernel(tmp_path) -> None:
+    """The C self-check (used for builds this process cannot load) fails on a kernel that is wrong."""
+    broken = tmp_path / "spmm.c"
+    broken.write_text(native.SOURCE.read_text().replace("a[v] += w0 * loadv(x0 + ZOO_VW * v);", "a[v] += w0;"))
+    exe = tmp_path / "selfcheck"
+    cc = native._compiler()
+    subprocess.run([cc, "-O1", "-fopenmp", "-std=c99", str(SELFCHECK), str(broken), "-o", str(exe), "-lm"], check=True)
+    assert subprocess.run([str(exe)], capture_output=True).returncode == 1
+
+
+@needs_cc
+@on_x86
+def test_sparse_march_selects_the_build(fresh_kernel, tmp_path) -> None:
+    fresh_kernel.setenv("ZOO_CACHE", str(tmp_path))
+    fresh_kernel.setenv("ZOO_SPARSE_MARCH", "x86-64")  # SSE2: runs on every x86-64 CPU
+    assert native.kernel_config() == "sse2 vw=4 nv=8 ch=1" and "-march=x86-64" in native.kernel_status()
+    native.reset()
+    fresh_kernel.setenv("ZOO_SPARSE_MARCH", "x86-64; rm -rf /")
+    with pytest.raises(ValueError, match="is not a -march value"):
+        native.kernel_name()

@@ -76,25 +76,25 @@ def test_dense_timm_checkpoint_loads_dense_then_prunes(tmp_path, name: str, timm
     assert blocks.model_sparsity(model) == pytest.approx(PAPER[name][1], abs=2e-3)
 
 
-def test_deployed_sparse_model_uses_both_kernels_and_matches_dense(monkeypatch) -> None:
+def test_deployed_sparse_model_uses_both_kernels_and_matches_dense(monkeypatch, tmp_path) -> None:
     model = zoo.create_model("sparse_mobilenetv1_100_s90")
     blocks.make_bn_realistic(model, (3, 96, 96))
     deployed = blocks.reparameterize_model(model)
-    chosen = []
-    original = blocks.sparse.sparse_kernel_is_faster
-
-    def spy(*args):
-        chosen.append(original(*args))
-        return chosen[-1]
-
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    blocks.sparse_plan.reset()
+    verdicts = iter([True, False] * 20)  # injected timings: sparse wins on every other layer shape
+    monkeypatch.setattr(
+        blocks.sparse_plan, "measure", lambda d, s: ([2.0] * 3, [1.0] * 3) if next(verdicts) else ([1.0] * 3, [2.0] * 3)
+    )
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        monkeypatch.setattr(blocks.sparse, "sparse_kernel_is_faster", spy)
         out = deployed(x)
-        monkeypatch.setattr(blocks.sparse, "sparse_kernel_is_faster", lambda *a: False)
-        dense = copy.deepcopy(deployed)(x)  # a copy: the layers cache their kernel choice
+        monkeypatch.setenv("ZOO_SPARSE_PLAN", "dense")
+        dense = copy.deepcopy(deployed)(x)  # a copy: the layers remember their plans
         ref = model(x)
-    assert len(chosen) == 13 and any(chosen)
+    chosen = blocks.sparse.kernel_decisions(deployed)
+    assert len(chosen) == 13 and {d["kernel"] for d in chosen.values()} == {"sparse", "dense"}
     assert rel_err(out, dense) <= 1e-5
     assert rel_err(out, ref) <= 1e-4
     assert blocks.sparsity_report(deployed) == blocks.sparsity_report(model)
+    blocks.sparse_plan.reset()
