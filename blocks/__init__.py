@@ -22,7 +22,7 @@ from .repbn import (
     prepbn_lambda,
 )
 from .schedule import StepScheduled, scheduled_modules, set_step
-from .slab import SlabBlock
+from .slab import SlabBlock, SlabPatchEmbed
 from .sparse import (
     GradualPruner,
     SparseConv2d,
@@ -68,6 +68,7 @@ __all__ = [
     "Residual",
     "SimplifiedLinearAttention",
     "SlabBlock",
+    "SlabPatchEmbed",
     "SqueezeExcite",
     "StepScheduled",
     "convert_linearnorm",

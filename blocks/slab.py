@@ -1,4 +1,5 @@
-"""The pre-norm transformer block of SLAB's DeiT and PVT variants, with RepBN/PRepBN norms that fold away."""
+"""The pre-norm transformer block of SLAB's DeiT, Swin, PVT and CSwin variants and their patch embedding, with
+RepBN/PRepBN norms that fold away."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from .repbn import fold_affine_into_linear, norm_affine
+from .repbn import fold_affine_into_conv_output, fold_affine_into_linear, norm_affine
 
-__all__ = ["SlabBlock"]
+__all__ = ["SlabBlock", "SlabPatchEmbed"]
 
 
 class SlabBlock(nn.Module):
@@ -60,4 +61,45 @@ class SlabBlock(nn.Module):
         self.attn.fold_input_affine(*norm_affine(self.norm1))
         self.mlp.fc1 = fold_affine_into_linear(self.mlp.fc1, *norm_affine(self.norm2))
         self.norm1, self.norm2, self.drop_path = nn.Identity(), nn.Identity(), nn.Identity()
+        self.deployed = True
+
+
+class SlabPatchEmbed(nn.Module):
+    """Convolution on a (B, C, H, W) map, flattened to (B, HW, C) tokens, then the norm (folded into it at deploy).
+
+    The patch embeddings of SLAB-Swin and SLAB-PVT (non-overlapping, ``kernel == stride``), CSwin's overlapping stem
+    (7x7, stride 4, padding 2) and its 3x3 stride-2 merge blocks.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        kernel_size: convolution kernel.
+        norm_layer: norm type / factory, called with ``out_chs``.
+        stride: convolution stride (default ``kernel_size``: non-overlapping patches).
+        padding: convolution zero padding.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        norm_layer: Callable[[int], nn.Module],
+        stride: int | None = None,
+        padding: int = 0,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, kernel_size if stride is None else stride, padding)
+        self.norm = norm_layer(out_chs)
+        self.deployed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # B, C, H, W -> B, HW, C
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the norm into the convolution (on its output side: exact with padding). No-op when deployed."""
+        if self.deployed:
+            return
+        self.proj, self.norm = fold_affine_into_conv_output(self.proj, *norm_affine(self.norm)), nn.Identity()
         self.deployed = True

@@ -31,11 +31,13 @@ PARAMS = {
     "slab_swin_s": 50_552_965,
     "slab_swin_b": 89_029_373,
     "pvt_t_prepbn": 13_239_554,
+    "pvt_s_prepbn": 24_507_801,
+    "pvt_m_prepbn": 44_253_117,
     "slab_pvt_t": 12_157_692,
 }
 # MACs at 224 px of the authors' models, counted with the same counter (torch.utils.flop_counter, halved).
 MACS = {"deit_t_prepbn": 1_253_683_200, "slab_deit_t": 1_139_086_848, "slab_swin_t": 4_483_341_312,
-        "slab_pvt_t": 2_035_901_440}  # fmt: skip
+        "slab_pvt_t": 2_035_901_440, "pvt_s_prepbn": 3_805_960_192, "pvt_m_prepbn": 6_649_434_112}  # fmt: skip
 SLAB_FAMILIES = ("slab_deit", "slab_swin", "slab_pvt")
 
 
