@@ -1,4 +1,4 @@
-"""SLAB families (DeiT, Swin, PVT) against the authors' code: parameter counts, key layouts, recorded outputs."""
+"""SLAB families (DeiT, Swin, PVT, CSwin) against the authors' code: parameter counts, key layouts, recorded outputs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import blocks
 import zoo
 from blocks import ChannelAffine, PRepBN
 from weights import load_checkpoint, load_into
+from zoo.slab_cswin import SlabCSwin, SlabCSwinCfg
 from zoo.slab_deit import SlabDeiT, SlabDeiTCfg
 from zoo.slab_deit import convert_original as convert_deit
 from zoo.slab_pvt import SlabPvt, SlabPvtCfg
@@ -34,11 +35,14 @@ PARAMS = {
     "pvt_s_prepbn": 24_507_801,
     "pvt_m_prepbn": 44_253_117,
     "slab_pvt_t": 12_157_692,
+    "slab_cswin_t": 21_227_807,
+    "slab_cswin_s": 35_494_205,
 }
 # MACs at 224 px of the authors' models, counted with the same counter (torch.utils.flop_counter, halved).
 MACS = {"deit_t_prepbn": 1_253_683_200, "slab_deit_t": 1_139_086_848, "slab_swin_t": 4_483_341_312,
-        "slab_pvt_t": 2_035_901_440, "pvt_s_prepbn": 3_805_960_192, "pvt_m_prepbn": 6_649_434_112}  # fmt: skip
-SLAB_FAMILIES = ("slab_deit", "slab_swin", "slab_pvt")
+        "slab_pvt_t": 2_035_901_440, "pvt_s_prepbn": 3_805_960_192,
+        "slab_cswin_t": 4_324_253_184}  # fmt: skip
+SLAB_FAMILIES = ("slab_deit", "slab_swin", "slab_pvt", "slab_cswin")
 
 
 def test_every_slab_variant_is_covered() -> None:
@@ -75,6 +79,17 @@ def _build(fname: str) -> tuple[torch.nn.Module, dict]:
             c["embed_dim"], c["depth"], c["num_heads"], c["linear_attn"], c["prepbn_steps"], patch_size=c["patch_size"]
         )
         model = SlabDeiT(cfg, num_classes=c["num_classes"], img_size=c["img_size"])
+    elif "cswin" in fname:
+        cfg = SlabCSwinCfg(
+            tuple(c["depth"]),
+            c["embed_dim"],
+            tuple(c["num_heads"]),
+            c["attn_type"],
+            tuple(c["split_size"]),
+            tuple(int(s) for s in c["la_split_size"].split("-")),
+            c["prepbn_steps"],
+        )
+        model = SlabCSwin(cfg, num_classes=c["num_classes"], img_size=c["img_size"])
     elif "swin" in fname:
         depths, heads = tuple(c["depths"]), tuple(c["num_heads"])
         cfg = SlabSwinCfg(c["embed_dim"], depths, heads, c["attn_type"], c["window_size"], c["prepbn_steps"])
@@ -100,6 +115,7 @@ ORIGINAL_FILES = [
     ("swin_repbn_tiny_original.pth", "slab_swin"),
     ("pvt_prepbn_tiny_original.pth", "slab_pvt"),
     ("slab_pvt_tiny_original.pth", "slab_pvt"),
+    ("slab_cswin_tiny_original.pth", "slab_cswin"),
 ]
 
 
