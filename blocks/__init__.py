@@ -32,6 +32,7 @@ from .sparse import (
     prune_magnitude,
     sparsity_report,
 )
+from .unified_norm import UnifiedNorm
 
 __all__ = [
     "AttentionBlock",
@@ -69,6 +70,7 @@ __all__ = [
     "SimplifiedLinearAttention",
     "SlabBlock",
     "SlabPatchEmbed",
+    "UnifiedNorm",
     "SqueezeExcite",
     "StepScheduled",
     "convert_linearnorm",
