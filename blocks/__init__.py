@@ -22,7 +22,7 @@ from .repbn import (
     prepbn_lambda,
 )
 from .schedule import StepScheduled, scheduled_modules, set_step
-from .slab import SlabBlock, SlabPatchEmbed
+from .slab import SlabBlock, SlabPatchEmbed, SoftmaxAttention
 from .sparse import (
     GradualPruner,
     SparseConv2d,
@@ -70,6 +70,7 @@ __all__ = [
     "SimplifiedLinearAttention",
     "SlabBlock",
     "SlabPatchEmbed",
+    "SoftmaxAttention",
     "UnifiedNorm",
     "SqueezeExcite",
     "StepScheduled",

@@ -8,10 +8,11 @@ from collections.abc import Callable
 import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
+from torch.nn import functional as F
 
 from .repbn import fold_affine_into_conv_output, fold_affine_into_linear, norm_affine
 
-__all__ = ["SlabBlock", "SlabPatchEmbed"]
+__all__ = ["SlabBlock", "SlabPatchEmbed", "SoftmaxAttention"]
 
 
 class SlabBlock(nn.Module):
@@ -103,3 +104,39 @@ class SlabPatchEmbed(nn.Module):
             return
         self.proj, self.norm = fold_affine_into_conv_output(self.proj, *norm_affine(self.norm)), nn.Identity()
         self.deployed = True
+
+
+class SoftmaxAttention(nn.Module):
+    """ViT's multi-head softmax self-attention over a fixed number of tokens (SLAB's DeiT-PRepBN, T2T-ViT), with a
+    ``fold_input_affine`` for :class:`SlabBlock`.
+
+    Args:
+        dim: channels.
+        num_heads: heads (``dim`` must divide evenly).
+        num_tokens: tokens per sample.
+        qkv_bias: bias of the query/key/value projection.
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, num_tokens: int, qkv_bias: bool = True, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.head_dim, self.num_tokens = dim, num_heads, dim // num_heads, num_tokens
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = self.num_tokens, self.dim
+        # B, N, 3C -> B, N, 3, h, d -> 3, B, h, N, d
+        q, k, v = self.qkv(x).reshape(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)  # B, h, N, d -> B, N, C
+        return self.proj_drop(self.proj(x))
+
+    @torch.no_grad()
+    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Fold a per-channel affine of the input into ``qkv`` (which gains a bias if it had none)."""
+        self.qkv = fold_affine_into_linear(self.qkv, scale, shift)

@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (importing a family module registers it)
     slab_swin,
     sparse,
     spnasnet,
+    t2t_vit,
     tinynet,
     vovnet,
 )
