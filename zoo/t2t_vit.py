@@ -290,6 +290,7 @@ _WEIGHTS = {
         license="Apache-2.0 (code and released models, hikvision-research/Unified-Normalization)",
         source="hikvision-research/Unified-Normalization (authors), ImageNet-1k, 300 epochs (Google Drive)",
         top1=80.9,
+        prefer_ema=True,  # the README's evaluation loads the EMA weights (main.py: --model-ema defaults to True)
     )
 }
 _REPORTED = {
@@ -321,7 +322,10 @@ FAMILY = Family(
     card_notes=(
         "The authors' UN (window 4, 4000 warm-up iterations, outlier filtration) normalizes by offline statistics, "
         "so at inference every norm is a per-channel affine folded into the Linear after it. The checkpoint is on "
-        "Google Drive (no checksum published; the first download's hash is recorded)."
+        "Google Drive (no checksum published; the first download's hash is recorded; Drive may answer a large file "
+        "with a confirmation page, then download it by hand and pass `pretrained=<path>`). The reported 80.9% is "
+        "the EMA weights' (the authors' `main.py` evaluates with `--model-ema`, on by default), which "
+        "`pretrained=True` loads."
     ),
 )
 
