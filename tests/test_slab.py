@@ -194,6 +194,22 @@ def test_shifted_windows_export_with_dynamo(tmp_path) -> None:
     assert rel_err(run_onnx(path, x), torch.cat([blob["y"], blob["y"].flip(0)])) <= 1e-4
 
 
+def test_cswin_stripes_export_with_dynamo(tmp_path) -> None:
+    """Two-branch stripes of both attention kinds (the registry tests' 64 px maps clamp to global ones), exported."""
+    pytest.importorskip("onnx")
+    from export import export_onnx, run_onnx
+
+    model, blob = _build("slab_cswin_tiny_original.pth")
+    load_into(model, blob["model"], zoo.get_family("slab_cswin").converters)
+    deployed = blocks.reparameterize_model(model)
+    branches = [len(b.attn.attns) for s in deployed.stages for b in s.blocks]
+    assert branches == [2, 2, 2, 1, 1]
+    path = tmp_path / "cswin.onnx"
+    assert export_onnx(deployed, path, (3, 64, 64), dynamic_batch=True)["exporter"] == "dynamo"
+    x = torch.cat([blob["x"], blob["x"].flip(0)])
+    assert rel_err(run_onnx(path, x), torch.cat([blob["y"], blob["y"].flip(0)])) <= 1e-4
+
+
 def test_headless_deploy_keeps_the_final_norm_as_an_affine() -> None:
     model, blob = _build("slab_swin_tiny_original.pth")
     load_into(model, blob["model"], zoo.get_family("slab_swin").converters)
