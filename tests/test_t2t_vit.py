@@ -62,3 +62,20 @@ def test_original_checkpoint_reproduces_original_outputs() -> None:
 def test_geometry_must_be_a_multiple_of_16() -> None:
     with pytest.raises(ValueError, match="multiple of 16"):
         zoo.create_model("t2t_vit_14_un", img_size=100)
+
+
+def test_pretrained_reads_the_ema_weights(tmp_path, monkeypatch) -> None:
+    """The authors evaluate the EMA weights of their trainer's checkpoint; ``pretrained=True`` loads those."""
+    blob = torch.load(DATA / "t2t_vit_un_tiny_original.pth", weights_only=True)
+    sd = unwrap_state_dict(blob["model"])
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = tmp_path / "t2t_vit_14_un.pth.tar"
+    torch.save({"epoch": 299, "state_dict": sd, "state_dict_ema": ema}, path)
+    monkeypatch.setattr(zoo.registry, "fetch_weights", lambda spec: path)  # nothing is downloaded
+    c = blob["cfg"]
+    cfg = T2tVitCfg(c["embed_dim"], c["depth"], c["num_heads"], c["mlp_ratio"], c["token_dim"])
+    model = T2tVit(cfg, num_classes=c["num_classes"], img_size=c["img_size"])
+    zoo.load_pretrained(model, "t2t_vit_14_un", True)
+    assert torch.equal(model.head.bias, ema["head.bias"])
+    zoo.load_pretrained(model, "t2t_vit_14_un", path)  # a local file: the plain weights, as everywhere else
+    assert torch.equal(model.head.bias, sd["head.bias"])

@@ -167,7 +167,8 @@ class SlabCSwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merge is not None:
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, self.in_res, self.in_res)  # B, L, C -> B, C, H, W
+            c, r = self.merge.proj.in_channels, self.in_res
+            x = x.transpose(1, 2).reshape(-1, c, r, r)  # B, L, C -> B, C, H, W
             x = self.merge(x)  # -> B, L/4, 2C
         return self.blocks(x)
 
