@@ -22,7 +22,7 @@ from .repbn import (
     prepbn_lambda,
 )
 from .schedule import StepScheduled, scheduled_modules, set_step
-from .slab import SlabBlock
+from .slab import SlabBlock, SlabPatchEmbed, SoftmaxAttention
 from .sparse import (
     GradualPruner,
     SparseConv2d,
@@ -32,6 +32,7 @@ from .sparse import (
     prune_magnitude,
     sparsity_report,
 )
+from .unified_norm import UnifiedNorm
 
 __all__ = [
     "AttentionBlock",
@@ -68,6 +69,9 @@ __all__ = [
     "Residual",
     "SimplifiedLinearAttention",
     "SlabBlock",
+    "SlabPatchEmbed",
+    "SoftmaxAttention",
+    "UnifiedNorm",
     "SqueezeExcite",
     "StepScheduled",
     "convert_linearnorm",

@@ -71,7 +71,7 @@ def remaining_norms(model: nn.Module) -> dict[str, int]:
     """Count the normalization layers left in ``model``, by class name (``{}`` when all folded)."""
     counts: dict[str, int] = {}
     for m in model.modules():
-        if isinstance(m, NORM_TYPES) or type(m).__name__ in ("RepBN", "PRepBN"):
+        if isinstance(m, NORM_TYPES) or type(m).__name__ in ("RepBN", "PRepBN", "UnifiedNorm"):
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     return counts
 
@@ -80,24 +80,35 @@ def remaining_norms(model: nn.Module) -> dict[str, int]:
 def make_bn_realistic(
     model: nn.Module, input_size: tuple[int, ...], batches: int = 2, batch_size: int = 4, seed: int = 0
 ) -> nn.Module:
-    """Give every BatchNorm non-trivial affine parameters and running statistics measured on random input.
+    """Give every BatchNorm (and UnifiedNorm) non-trivial affine parameters and running statistics measured on random
+    input.
 
     A fresh model's BN layers are identities in eval mode (mean 0, var 1, gamma 1, beta 0), which hides folding
     mistakes; purely random statistics blow deep BN-only nets up. This draws gamma in [0.5, 1.5] and beta ~ N(0, 0.1),
-    then recomputes the running statistics as cumulative averages over ``batches`` forward passes in train mode.
+    then recomputes the running statistics as cumulative averages over ``batches`` forward passes in train mode
+    (a UnifiedNorm's running variance becomes the last pass's statistics; its counters advance by ``batches``).
     Used by the deploy-parity tests and the exporter's self-check. Returns the model in eval mode.
     """
+    from .unified_norm import UnifiedNorm
+
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        if bn.affine:
+    uns = [m for m in model.modules() if isinstance(m, UnifiedNorm)]
+    for bn in bns + uns:
+        if isinstance(bn, UnifiedNorm) or bn.affine:
             bn.weight.copy_(torch.rand(bn.weight.shape, generator=gen) + 0.5)
             bn.bias.copy_(torch.randn(bn.bias.shape, generator=gen) * 0.1)
         bn.reset_running_stats()
+    for bn in bns:
         bn.momentum = None  # cumulative moving average
+    un_momentum = [un.momentum for un in uns]
+    for un in uns:
+        un.momentum = 0.0  # UN keeps the last batch's statistics (its warm-up normalizes by the batch itself)
     model.train()
     for _ in range(batches):
         model(torch.randn(batch_size, *input_size, generator=gen))
     for bn in bns:
         bn.momentum = 0.1
+    for un, m in zip(uns, un_momentum):
+        un.momentum = m
     return model.eval()

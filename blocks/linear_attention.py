@@ -84,7 +84,7 @@ class SimplifiedLinearAttention(nn.Module):
         q, k, vh = (t.reshape(-1, n, h, c).transpose(1, 2) for t in (q, k, v))
         fmap = v.transpose(1, 2).reshape(-1, c, *self.grid)  # B, N, C -> B, C, N -> B*h, c, H, W
         fmap = self.dwc(fmap).reshape(-1, h, c, n).transpose(2, 3)  # B*h, c, H, W -> B, h, N, c
-        if torch.is_autocast_enabled(x.device.type):
+        if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):  # meta: counted from shapes
             with torch.autocast(x.device.type, enabled=False):
                 out = linear_attention(q.float(), k.float(), vh.float(), self.kv_first) + fmap.float()
         else:

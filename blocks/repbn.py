@@ -22,6 +22,8 @@ import operator
 import torch
 from torch import nn
 
+from .unified_norm import UnifiedNorm
+
 __all__ = [
     "RepBN",
     "PRepBN",
@@ -158,8 +160,8 @@ def make_repbn_norm(dim: int, prepbn_steps: int, prepbn_warmup: int = 0, ln_eps:
 
 
 def norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` of an eval-mode RepBN, PRepBN or BatchNorm1d; LayerNorm cannot fold and raises."""
-    if isinstance(norm, (RepBN, PRepBN)):
+    """``(scale, shift)`` of an eval-mode RepBN, PRepBN, UnifiedNorm or BatchNorm1d; LayerNorm cannot fold: raises."""
+    if isinstance(norm, (RepBN, PRepBN, UnifiedNorm)):
         return norm.affine()
     if isinstance(norm, nn.BatchNorm1d):
         inv = torch.rsqrt(norm.running_var + norm.eps)

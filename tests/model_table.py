@@ -52,6 +52,11 @@ QUIRKS: dict[str, dict[str, Any]] = {
     "swin_t_prepbn": {"step": 1_000_000},
     "slab_pvt_[tsm]": {"create": {"img_size": 64}, "step": 1_000_000},
     "pvt_[tsm]_prepbn": {"create": {"img_size": 64}, "step": 1_000_000},
+    # SLAB-CSwin at 64 px: maps 16/8/4/2, the stripes clamp to one global branch per stage; the two-branch stripes
+    # (both attention kinds) are checked against the authors' code in test_slab.py.
+    "slab_cswin_[ts]": {"create": {"img_size": 64}, "step": 1_000_000},
+    # T2T-ViT-14-UN: geometry from img_size; 64 px gives 16 + 1 tokens (224: 196 + 1).
+    "t2t_vit_14_un": {"create": {"img_size": 64}},
 }
 
 

@@ -19,6 +19,7 @@ class WeightSpec:
         source: who trained / released them.
         num_classes: classifier size of the checkpoint.
         top1: ImageNet top-1 the publisher reports for these weights.
+        prefer_ema: read the file's EMA weights (``state_dict_ema``) when it holds both, as the publisher evaluated.
     """
 
     url: str
@@ -29,6 +30,7 @@ class WeightSpec:
     source: str = ""
     num_classes: int = 1000
     top1: float | None = None
+    prefer_ema: bool = False
 
     @property
     def cache_name(self) -> str:

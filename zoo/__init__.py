@@ -17,11 +17,13 @@ from . import (  # noqa: F401  (importing a family module registers it)
     proxylessnas,
     resnet_rs,
     simplenet,
+    slab_cswin,
     slab_deit,
     slab_pvt,
     slab_swin,
     sparse,
     spnasnet,
+    t2t_vit,
     tinynet,
     vovnet,
 )

@@ -26,13 +26,15 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
     Counted with ``torch.utils.flop_counter`` (convolutions and matrix products, as papers count) and halved:
     papers that say "FLOPs" report MACs. Fused attention runs on its math backend so that its products are counted
-    (the counter does not see the CPU flash kernel).
+    (the counter does not see the CPU flash kernel). A model built on the ``meta`` device is counted from shapes
+    alone, without computing anything.
     """
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
+    device = next(model.parameters()).device
     with sdpa_kernel(SDPBackend.MATH), counter:
-        model(torch.zeros(1, *input_size))
+        model(torch.zeros(1, *input_size, device=device))
     model.train(was_training)
     return counter.get_total_flops() // 2
 

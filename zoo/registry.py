@@ -254,5 +254,5 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | Path) 
         path = fetch_weights(spec)
     else:
         path = Path(pretrained)
-    sd = load_checkpoint(path)
+    sd = load_checkpoint(path, prefer_ema=pretrained is True and spec.prefer_ema)
     return load_into(model, sd, family.converters, classifier=family.cfgs[name].classifier, context=f"{name} <- {path}")

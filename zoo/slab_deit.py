@@ -34,39 +34,21 @@ from functools import partial
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
-from torch.nn import functional as F
 
-from blocks import SimplifiedLinearAttention, SlabBlock, convert_linearnorm, fold_norm_into_head, make_repbn_norm
-from blocks.repbn import fold_affine_into_linear
+from blocks import (
+    SimplifiedLinearAttention,
+    SlabBlock,
+    SoftmaxAttention,
+    convert_linearnorm,
+    fold_norm_into_head,
+    make_repbn_norm,
+)
 from weights import WeightSpec
 
 from .features import FeatureInfo
 from .registry import Family, Paper, Reported
 
 __all__ = ["SlabDeiTCfg", "SlabDeiT", "convert_original"]
-
-
-class Attention(nn.Module):
-    """DeiT's multi-head softmax self-attention."""
-
-    def __init__(self, dim: int, num_heads: int, num_tokens: int, proj_drop: float = 0.0) -> None:
-        super().__init__()
-        self.dim, self.num_heads, self.head_dim, self.num_tokens = dim, num_heads, dim // num_heads, num_tokens
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c = self.num_tokens, self.dim
-        # B, N, 3C -> B, N, 3, h, d -> 3, B, h, N, d
-        q, k, v = self.qkv(x).reshape(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, n, c)  # B, h, N, d -> B, N, C
-        return self.proj_drop(self.proj(x))
-
-    @torch.no_grad()
-    def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        """Fold a per-channel affine of the input into ``qkv``."""
-        self.qkv = fold_affine_into_linear(self.qkv, scale, shift)
 
 
 @dataclass(frozen=True)
@@ -160,7 +142,7 @@ class SlabDeiT(nn.Module):
         c = self.cfg
         if c.linear_attn:
             return SimplifiedLinearAttention(c.embed_dim, c.num_heads, self.grid, c.kernel_size, proj_drop=drop)
-        return Attention(c.embed_dim, c.num_heads, self.grid[0] * self.grid[1] + 1, proj_drop=drop)
+        return SoftmaxAttention(c.embed_dim, c.num_heads, self.grid[0] * self.grid[1] + 1, proj_drop=drop)
 
     def _init_weights(self) -> None:
         trunc_normal_(self.pos_embed, std=0.02)

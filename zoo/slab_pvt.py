@@ -33,13 +33,8 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn import functional as F
 
-from blocks import SimplifiedLinearAttention, SlabBlock, convert_linearnorm, make_repbn_norm
-from blocks.repbn import (
-    fold_affine_into_conv_input,
-    fold_affine_into_conv_output,
-    fold_affine_into_linear,
-    norm_affine,
-)
+from blocks import SimplifiedLinearAttention, SlabBlock, SlabPatchEmbed, convert_linearnorm, make_repbn_norm
+from blocks.repbn import fold_affine_into_conv_input, fold_affine_into_linear, norm_affine
 from weights import WeightSpec
 
 from .features import FeatureInfo
@@ -96,31 +91,10 @@ class SpatialReductionAttention(nn.Module):
         self.deployed = True
 
 
-class PatchEmbed(nn.Module):
-    """Strided patch convolution on a (B, C, H, W) map, flattened to tokens, then the norm (folded at deploy)."""
-
-    def __init__(self, in_chs: int, dim: int, patch: int, norm_layer: Callable[[int], nn.Module]) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chs, dim, patch, patch)
-        self.norm = norm_layer(dim)
-        self.deployed = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # B, C, H, W -> B, HW, C
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the norm into the patch convolution. No-op when already deployed."""
-        if self.deployed:
-            return
-        self.proj, self.norm = fold_affine_into_conv_output(self.proj, *norm_affine(self.norm)), nn.Identity()
-        self.deployed = True
-
-
 class SlabPvtStage(nn.Module):
     """Patch embedding, position embedding and blocks at one resolution; returns a (B, C, H, W) map."""
 
-    def __init__(self, patch_embed: PatchEmbed, res: int, dim: int, blocks: list[nn.Module], drop: float) -> None:
+    def __init__(self, patch_embed: SlabPatchEmbed, res: int, dim: int, blocks: list[nn.Module], drop: float) -> None:
         super().__init__()
         self.res, self.dim = res, dim
         self.patch_embed = patch_embed
@@ -208,7 +182,7 @@ class SlabPvt(nn.Module):
                 SlabBlock(dim, self._attn(i, res, norm_layer), norm_layer, cfg.mlp_ratios[i], drop_rate, next(dpr))
                 for _ in range(depth)
             ]
-            stages.append(SlabPvtStage(PatchEmbed(in_chs, dim, patch, norm_layer), res, dim, blocks, drop_rate))
+            stages.append(SlabPvtStage(SlabPatchEmbed(in_chs, dim, patch, norm_layer), res, dim, blocks, drop_rate))
             self.feature_info.append({"num_chs": dim, "reduction": img_size // res, "module": f"stages.{i}"})
             in_chs = dim
         self.stages = nn.Sequential(*stages)
@@ -288,6 +262,8 @@ _WEIGHTS = {
     name: WeightSpec(_URL.format(file), "original", license=_LIC, source=_SRC, top1=top1)
     for name, file, top1 in (
         ("pvt_t_prepbn", "pvt_tiny_prepbn", 76.0),
+        ("pvt_s_prepbn", "pvt_small_prepbn", 80.1),
+        ("pvt_m_prepbn", "pvt_medium_prepbn", 81.7),
         ("slab_pvt_t", "slab_pvt_tiny", 76.5),
     )
 }
@@ -318,6 +294,18 @@ _REG = {"first_conv": "stages.0.patch_embed.proj", "classifier": ("head",)}
 def pvt_t_prepbn(**kwargs) -> SlabPvt:
     """PVT-T with PRepBN over 300k steps: 13.24 M params."""
     return SlabPvt(SlabPvtCfg((2, 2, 2, 2), linear_attn=False), **kwargs)
+
+
+@FAMILY.register(**_REG)
+def pvt_s_prepbn(**kwargs) -> SlabPvt:
+    """PVT-S with PRepBN over 300k steps: 24.51 M params."""
+    return SlabPvt(SlabPvtCfg((3, 4, 6, 3), linear_attn=False), **kwargs)
+
+
+@FAMILY.register(**_REG)
+def pvt_m_prepbn(**kwargs) -> SlabPvt:
+    """PVT-M with PRepBN over 300k steps: 44.25 M params."""
+    return SlabPvt(SlabPvtCfg((3, 4, 18, 3), linear_attn=False), **kwargs)
 
 
 @FAMILY.register(**_REG)

@@ -37,8 +37,15 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn import functional as F
 
-from blocks import SimplifiedLinearAttention, SlabBlock, convert_linearnorm, fold_norm_into_head, make_repbn_norm
-from blocks.repbn import fold_affine_into_conv_output, fold_affine_into_linear, norm_affine
+from blocks import (
+    SimplifiedLinearAttention,
+    SlabBlock,
+    SlabPatchEmbed,
+    convert_linearnorm,
+    fold_norm_into_head,
+    make_repbn_norm,
+)
+from blocks.repbn import fold_affine_into_linear, norm_affine
 from weights import WeightSpec
 
 from .features import FeatureInfo
@@ -173,27 +180,6 @@ class WindowLinearAttention(SimplifiedLinearAttention):
         return _reverse(super().forward(_partition(x, self.g, self.dim)), self.g, self.dim)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch convolution, then the norm; at deploy the norm folds into the convolution."""
-
-    def __init__(self, in_chans: int, dim: int, patch: int, norm_layer: Callable[[int], nn.Module]) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, patch, patch)
-        self.norm = norm_layer(dim)
-        self.deployed = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # B, C, H, W -> B, HW, C
-
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the norm into the patch convolution. No-op when already deployed."""
-        if self.deployed:
-            return
-        self.proj, self.norm = fold_affine_into_conv_output(self.proj, *norm_affine(self.norm)), nn.Identity()
-        self.deployed = True
-
-
 class PatchMerging(nn.Module):
     """2x2 neighbourhood concatenation (4C), norm, linear reduction to 2C; the norm folds into the reduction."""
 
@@ -295,7 +281,7 @@ class SlabSwin(nn.Module):
         self.drop_rate, self.drop_path_rate = drop_rate, drop_path_rate
         steps = cfg.prepbn_steps if prepbn_steps is None else prepbn_steps
         norm_layer = partial(make_repbn_norm, prepbn_steps=steps, prepbn_warmup=prepbn_warmup, ln_eps=cfg.ln_eps)
-        self.patch_embed = PatchEmbed(in_chans, cfg.embed_dim, cfg.patch_size, norm_layer)
+        self.patch_embed = SlabPatchEmbed(in_chans, cfg.embed_dim, cfg.patch_size, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
         n = sum(cfg.depths)
         dpr = iter([drop_path_rate * i / max(n - 1, 1) for i in range(n)])
