@@ -341,7 +341,7 @@ def table_text(result: dict[str, Any]) -> str:
     """The eval table as Markdown."""
     unit = result["macs_unit"]
     lines = [
-        f"| model | top-1 % | MMACs/image | x member 0 | risk@{result['coverage']:.0%} cov. % | AURC % | exits per stage |",
+        f"| model | top-1 % | MMACs/image | x member 0 | risk@{result['coverage']:.0%} cov. % | AURC % | exits/stage |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

@@ -322,7 +322,7 @@ def read_cascade_json(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CascadeError(f"{path} is not valid JSON (corrupt or truncated?): {e}") from e
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise CascadeError(f"{path} is not a cascade.json written by zoo cascade fit (no \"format\": \"{FORMAT}\")")
+        raise CascadeError(f'{path} is not a cascade.json written by zoo cascade fit (no "format": "{FORMAT}")')
     missing = [k for k in _REQUIRED if k not in spec]
     if missing:
         raise CascadeError(f"{path}: missing key(s) {', '.join(missing)} (a cascade.json has {', '.join(_REQUIRED)})")
