@@ -169,10 +169,8 @@ def _checkpoint(
 
     torch.manual_seed(seed)
     model = zoo.create_model("efficientvit_m0", num_classes=num_classes, img_size=img_size).eval()
-    blocks.make_bn_realistic(model, (3, img_size, img_size))
-    for p in model.parameters():  # spread the logits so that the MSPs (and the windows) are not all ~1/C
-        p.data.mul_(1.5)
-    save_weights(model, path, weights_metadata(name, num_classes, img_size, {}))
+    blocks.make_bn_realistic(model, (3, img_size, img_size))  # an untrained model's MSPs still spread 0.1..1
+    save_weights(model, path, weights_metadata("efficientvit_m0", num_classes, img_size, {}))
     return path
 
 
@@ -221,7 +219,14 @@ def test_cascade_json_validation(fitted: Path, tmp_path: Path) -> None:
 
     with pytest.raises(CascadeError, match="sha256"):
         zoo.Cascade.from_json(_edit(fitted, tmp_path, sha))
-    unknown = _checkpoint(tmp_path / "u.safetensors", 2, name="efficientvit_m9")
+    a = base / "a.safetensors"
+
+    def variant(name: str, **meta: str) -> Path:  # member a's weights, with other training metadata
+        out = tmp_path / f"{name}.safetensors"
+        weights.save_safetensors(weights.load_checkpoint(a), out, {**weights.read_safetensors_metadata(a), **meta})
+        return out
+
+    unknown = variant("unknown", model="efficientvit_m9")
 
     def member(path: Path):  # noqa: ANN202
         def change(spec: dict) -> None:
@@ -231,14 +236,14 @@ def test_cascade_json_validation(fitted: Path, tmp_path: Path) -> None:
 
     with pytest.raises(zoo.UnknownModelError, match="member 1.*efficientvit_m9.*Did you mean.*efficientvit_m0"):
         zoo.Cascade.from_json(_edit(fitted, tmp_path, member(unknown)))
-    five = _checkpoint(tmp_path / "five.safetensors", 3, num_classes=5)
+    five = variant("five", num_classes="5")
     with pytest.raises(CascadeError, match="different numbers of classes.*member 0: 10, member 1: 5"):
         zoo.Cascade.from_json(_edit(fitted, tmp_path, member(five)))
-    big = _checkpoint(tmp_path / "big.safetensors", 4, img_size=48)
+    big = variant("big", img_size="48")
     with pytest.raises(CascadeError, match="different input sizes"):
         zoo.Cascade.from_json(_edit(fitted, tmp_path, member(big)))
     with pytest.raises(CascadeError, match="checkpoint not found"):
-        zoo.Cascade.from_json(_edit(fitted, tmp_path, member(base / "gone.safetensors")))
+        zoo.Cascade.from_json(_edit(fitted, tmp_path, lambda s: s["members"][0].update(checkpoint=str(base / "x"))))
     (tmp_path / "bad.json").write_text('{"format": "efficient-zoo cascade", "members": [')
     with pytest.raises(CascadeError, match="not valid JSON"):
         zoo.Cascade.from_json(tmp_path / "bad.json")

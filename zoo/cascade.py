@@ -225,7 +225,8 @@ class Cascade(nn.Module):
         self.windows = _check_windows(windows, len(members))
         self.score = _check_score(score)
         self.members = nn.ModuleList(members)
-        self.input_size = tuple(input_size) if input_size is not None else _common_input(members)
+        common = _common_input(members)  # raises when the members' pretrained_cfg input sizes differ
+        self.input_size = tuple(input_size) if input_size is not None else common
         _check_classes(members)
         self.num_classes = getattr(members[0], "num_classes", None)
         self.source: dict[str, Any] | None = None  # the cascade.json it was read from, if any
@@ -282,7 +283,10 @@ class Cascade(nn.Module):
             zoo.UnknownModelError: a member names a model that is not registered (with suggestions).
         """
         spec = read_cascade_json(path)
-        members = [_load_member(m, Path(path).parent, k) for k, m in enumerate(spec["members"])]
+        base = Path(path).parent
+        metas = [_member_meta(m, base, k)[1] for k, m in enumerate(spec["members"])]
+        _check_metas(metas)
+        members = [_load_member(m, base, k, meta) for k, (m, meta) in enumerate(zip(spec["members"], metas))]
         sizes = [tuple(m.pretrained_cfg["input_size"]) for m in members]
         cascade = cls(members, spec["windows"], spec["score"], input_size=sizes[0])
         cascade.source = spec
@@ -343,7 +347,8 @@ def member_path(member: dict[str, Any], base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _load_member(member: dict[str, Any], base: Path, k: int) -> nn.Module:
+def _member_meta(member: dict[str, Any], base: Path, k: int) -> tuple[Path, dict[str, str]]:
+    """A member's checkpoint path and its ``zoo train`` metadata, after the sha256 and the model name are checked."""
     path = member_path(member, base)
     if not path.is_file():
         raise CascadeError(f"member {k}: checkpoint not found: {path}")
@@ -361,14 +366,29 @@ def _load_member(member: dict[str, Any], base: Path, k: int) -> nn.Module:
         raise CascadeError(f"member {k}: {path} has no zoo train metadata (model, classes, input size)")
     name = meta["model"]
     try:
-        get_family(name)
+        family = get_family(name)
     except UnknownModelError as e:
         raise UnknownModelError(f"member {k} ({path}): {e}") from e
-    if name not in get_family(name).variants:
+    if name not in family.variants:
         raise UnknownModelError(f"member {k} ({path}): {name!r} is a family, not a model")
+    return path, meta
+
+
+def _check_metas(metas: Sequence[dict[str, str]]) -> None:
+    """Members must agree on classes and input size: said before any weights are loaded."""
+    for key, what in (("num_classes", "numbers of classes"), ("img_size", "input sizes")):
+        values = [m.get(key) for m in metas]
+        if len(set(values)) > 1:
+            listed = ", ".join(f"member {k}: {v}" for k, v in enumerate(values))
+            raise CascadeError(f"cascade members have different {what} ({listed}); all must take the same")
+
+
+def _load_member(member: dict[str, Any], base: Path, k: int, meta: dict[str, str] | None = None) -> nn.Module:
+    path, meta = _member_meta(member, base, k) if meta is None else (member_path(member, base), meta)
+    name = meta["model"]
+    family = get_family(name)
     kwargs = json.loads(meta.get("model_kwargs", "{}"))
     img = int(meta["img_size"]) if "img_size" in meta else None
-    family = get_family(name)
     cls = typing.get_type_hints(family.variants[name]).get("return", family.model_cls)
     if img is not None and "img_size" in inspect.signature(cls.__init__).parameters:
         kwargs.setdefault("img_size", img)
