@@ -162,21 +162,22 @@ def test_fit_meets_its_targets() -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints, cascade.json, CLI, export
-def _checkpoint(
-    path: Path, seed: int, num_classes: int = 10, img_size: int = 32, name: str = "efficientvit_m0"
-) -> Path:
+MEMBER = "mobilenetv1_075"  # a plain conv net: its ONNX export takes a fraction of EfficientViT's CPU time
+
+
+def _checkpoint(path: Path, seed: int, num_classes: int = 10, img_size: int = 32) -> Path:
     import blocks
 
     torch.manual_seed(seed)
-    model = zoo.create_model("efficientvit_m0", num_classes=num_classes, img_size=img_size).eval()
+    model = zoo.create_model(MEMBER, num_classes=num_classes).eval()
     blocks.make_bn_realistic(model, (3, img_size, img_size))  # an untrained model's MSPs still spread 0.1..1
-    save_weights(model, path, weights_metadata("efficientvit_m0", num_classes, img_size, {}))
+    save_weights(model, path, weights_metadata(MEMBER, num_classes, img_size, {}))
     return path
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two efficientvit_m0 members at 32 px with different seeds, a cascade fitted on digits by the CLI."""
+    """Two members at 32 px with different seeds, a cascade fitted on digits by the CLI."""
     d = tmp_path_factory.mktemp("cascade")
     a, b = _checkpoint(d / "a.safetensors", 0), _checkpoint(d / "b.safetensors", 1)
     rc = cascade_main(
@@ -194,9 +195,7 @@ def test_cascade_json_round_trip(fitted: Path) -> None:
     cascade = zoo.Cascade.from_json(fitted)
     assert cascade.windows == [tuple(w) for w in spec["windows"]] and cascade.score == "msp"
     assert cascade.member_macs == [m["macs"] for m in spec["members"]]
-    saved = zoo.create_model(
-        "efficientvit_m0", num_classes=10, img_size=32, pretrained=str(fitted.parent.parent / "b.safetensors")
-    )
+    saved = zoo.create_model(MEMBER, num_classes=10, pretrained=str(fitted.parent.parent / "b.safetensors"))
     for (k, v), w in zip(saved.state_dict().items(), cascade.members[1].state_dict().values()):
         assert torch.equal(v, w), k
 
@@ -226,7 +225,7 @@ def test_cascade_json_validation(fitted: Path, tmp_path: Path) -> None:
         weights.save_safetensors(weights.load_checkpoint(a), out, {**weights.read_safetensors_metadata(a), **meta})
         return out
 
-    unknown = variant("unknown", model="efficientvit_m9")
+    unknown = variant("unknown", model="mobilenetv1_07")
 
     def member(path: Path):  # noqa: ANN202
         def change(spec: dict) -> None:
@@ -234,7 +233,7 @@ def test_cascade_json_validation(fitted: Path, tmp_path: Path) -> None:
 
         return change
 
-    with pytest.raises(zoo.UnknownModelError, match="member 1.*efficientvit_m9.*Did you mean.*efficientvit_m0"):
+    with pytest.raises(zoo.UnknownModelError, match="member 1.*mobilenetv1_07'.*Did you mean.*mobilenetv1_075"):
         zoo.Cascade.from_json(_edit(fitted, tmp_path, member(unknown)))
     five = variant("five", num_classes="5")
     with pytest.raises(CascadeError, match="different numbers of classes.*member 0: 10, member 1: 5"):
@@ -255,7 +254,7 @@ def test_cascade_json_validation(fitted: Path, tmp_path: Path) -> None:
 def test_eval_writes_table_and_plot(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cascade_main(["eval", str(fitted), "--data", "digits", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "| cascade (macs:1.5) |" in text and "| member 1: efficientvit_m0" in text
+    assert "| cascade (macs:1.5) |" in text and f"| member 1: {MEMBER}" in text
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 178 and len(result["curve"]) == 21
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
