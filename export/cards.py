@@ -46,6 +46,9 @@ STATS_PATH = "benchmarks/results/model_stats.json"
 BENCH_PATH = "benchmarks/results/bench_cpu.json"
 PLOT_PATH = "benchmarks/results/pareto_onnxruntime.png"
 CARDS_PATH = "MODEL_CARDS.md"
+#: ``benchmarks/cascade.py``'s summary: a family's early-exit cascade results, shown in that family's card
+CASCADE_PATH = "benchmarks/results/cascade_digits.json"
+_ROOT = Path(__file__).resolve().parents[1]
 
 #: What ``tests/test_registry.py`` proves for every registered model (``tests/test_cards.py`` checks the tests exist).
 TESTED_EXPORTS = (
@@ -261,6 +264,7 @@ def _family_section(family: Family, stats: Mapping[str, Any], index: Mapping[tup
         lines += ["", family.card_notes.strip()]
     lines += ["", _TABLE_HEAD]
     lines += [_variant_row(family, n, stats, index) for n in family.variants]
+    lines += _cascade_lines(family)
     failed = [
         f"`{n}` {rt}: {_cell(index[(n, rt)]['reason'])}"
         for n in family.variants
@@ -270,6 +274,32 @@ def _family_section(family: Family, stats: Mapping[str, Any], index: Mapping[tup
     if failed:
         lines += ["", "Benchmark failures here: " + "; ".join(failed) + "."]
     return "\n".join(lines)
+
+
+def _cascade_lines(family: Family) -> list[str]:
+    """The family's early-exit cascade table from :data:`CASCADE_PATH`, when that file measured this family."""
+    result = load_json(_ROOT / CASCADE_PATH)
+    if not result or result.get("family") != family.name:
+        return []
+    m = result["machine"]
+    lines = [
+        "",
+        f"**Early-exit cascades** (`zoo.Cascade`, `benchmarks/cascade.py`; {result['recipe']}; windows fitted on one "
+        "half of the digits validation split, figures on the other half; MACs counted, not timed; run on "
+        f"{m['cpu']}, load {m['load_avg_1m']}, {m['date']}):",
+        "",
+        "| cascade | model | top-1 % | MMACs/image | x one member | risk@cov. % | AURC % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in result["cascades"].items():
+        unit = c["rows"][0]["expected_macs"]
+        for r in c["rows"]:
+            lines.append(
+                f"| {name} | {_cell(r['name'])} | {r['accuracy']:.2f} | {r['expected_macs'] / 1e6:.2f} | "
+                f"{r['expected_macs'] / unit:.2f} | {r['risk_at_coverage']:.2f} @ {c['coverage']:.0%} "
+                f"| {r['aurc']:.3f} |"
+            )
+    return lines
 
 
 def _bench_line(bench: Mapping[str, Any] | None, bench_name: str) -> str:

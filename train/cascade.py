@@ -358,7 +358,7 @@ def table_text(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], curves: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> Path:
-    """Accuracy and risk@coverage against MACs (one point per window width, singles as markers) and the
+    """Accuracy and AURC against expected MACs (one point per window width, singles as markers) and the
     risk-coverage curves, as a PNG written atomically."""
     import matplotlib
 
@@ -369,7 +369,7 @@ def plot(result: dict[str, Any], curves: dict[str, tuple[torch.Tensor, torch.Ten
     xs = [c["expected_macs"] / 1e6 for c in result["curve"]]
     for ax, key, label in (
         (axes[0], "accuracy", "top-1 %"),
-        (axes[1], "risk_at_coverage", f"risk @ {result['coverage']:.0%} coverage %"),
+        (axes[1], "aurc", "AURC % (area under risk-coverage; lower is better)"),
     ):
         ax.plot(
             xs, [c[key] for c in result["curve"]], "-o", ms=3, color="tab:blue", label="cascade, window width swept"
@@ -383,6 +383,8 @@ def plot(result: dict[str, Any], curves: dict[str, tuple[torch.Tensor, torch.Ten
         ax.grid(alpha=0.3)
     for name, (risk, cov) in curves.items():
         axes[2].plot(cov.numpy(), 100 * risk.numpy(), label=name)
+    risky = [float(cov[int(torch.nonzero(risk > 0).min())]) for risk, cov in curves.values() if bool((risk > 0).any())]
+    axes[2].set_xlim(max(0.0, min(risky, default=0.05) - 0.05), 1.0)  # the curves are flat at 0 before the 1st error
     axes[2].set_xlabel("coverage")
     axes[2].set_ylabel("risk %")
     axes[2].set_title("risk-coverage (lower is better)")
@@ -438,7 +440,8 @@ def run_eval(
     text = table_text(result)
     weights.atomic_write(out_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
     weights.atomic_write(out_dir / "eval.md", lambda tmp: Path(tmp).write_text(text + "\n"))
-    title = f"{path} on the report half of {data} ({len(labels)} images); windows fitted on the other half"
+    where = f"{path.parent.name}/{path.name}"
+    title = f"{where} on the report half of {data} ({len(labels)} images); windows fitted on the other half"
     result["plot"] = str(plot(result, curves, out_dir / "eval.png", title))
     print(text)
     print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}, {result['plot']}")
