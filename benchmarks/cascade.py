@@ -3,9 +3,10 @@
 Trains (``zoo train --recipe digits``, one run at a time) three EfficientViT-M0 members with seeds 0, 1, 2 and one
 EfficientViT-M2 with seed 0, fits 2- and 3-member cascades (``zoo cascade fit``, ``macs:1.3`` and the authors'
 ``risk:0.05@coverage`` window) on the fit half of train's validation split, and evaluates them on the report half
-(``zoo cascade eval --compare`` the M2). Everything is cached: a finished training run, a cascade.json whose members'
-sha256 still match, are reused. The checkpoints used are ``last.safetensors``: ``best.safetensors`` is chosen on the
-validation split the report half comes from.
+(``zoo cascade eval --compare`` the M2), then the other way round (``--fit-half second``); the summary pools the two
+report halves (all 360 images, each judged by windows fitted on the other half). Everything is cached: a finished
+training run, a cascade.json whose members' sha256 still match, are reused. The checkpoints used are
+``last.safetensors``: ``best.safetensors`` is chosen on the validation split the report half comes from.
 
     PYTHONPATH=. python benchmarks/cascade.py                     # train what is missing, fit, eval
     PYTHONPATH=. python benchmarks/cascade.py --results benchmarks/results/cascade_digits.json
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 RUNS = {"m0_s0": ("efficientvit_m0", 0), "m0_s1": ("efficientvit_m0", 1), "m0_s2": ("efficientvit_m0", 2),
         "m2_s0": ("efficientvit_m2", 0)}  # fmt: skip
+HALVES = ("first", "second")
 CASCADES = {
     "m0x2_macs1.3": (["m0_s0", "m0_s1"], "macs:1.3"),
     "m0x3_macs1.3": (["m0_s0", "m0_s1", "m0_s2"], "macs:1.3"),
@@ -91,6 +93,8 @@ def _fresh(cascade_json: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.cascade import pooled
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="out/cascade_bench", help="checkpoints, cascades, evals (default out/...)")
     p.add_argument("--results", default="benchmarks/results/cascade_digits.json", help="summary JSON (+ .md, .png)")
@@ -114,22 +118,38 @@ def main(argv: list[str] | None = None) -> int:
         "cascades": {},
     }
     for name, (members, target) in CASCADES.items():
-        d = work / name
-        if not _fresh(d / "cascade.json"):
-            _zoo("cascade", "fit", "--members", ",".join(str(ckpts[m]) for m in members), "--data", "digits",
-                 "--target", target, "--out", str(d))  # fmt: skip
-        _zoo("cascade", "eval", str(d / "cascade.json"), "--data", "digits", "--compare", m2,
-             "--coverage", str(args.coverage))  # fmt: skip
-        result = json.loads((d / "eval.json").read_text())
-        spec = json.loads((d / "cascade.json").read_text())
-        summary["cascades"][name] = {"members": members, "target": target, "windows": spec["windows"],
-                                     "rows": result["rows"], "coverage": result["coverage"],
-                                     "report_split": result["report_split"]}  # fmt: skip
+        folds = {}
+        for half in HALVES:  # windows fitted on one half, figures on the other; then the other way round
+            d = work / name / half
+            if not _fresh(d / "cascade.json"):
+                _zoo("cascade", "fit", "--members", ",".join(str(ckpts[m]) for m in members), "--data", "digits",
+                     "--target", target, "--fit-half", half, "--out", str(d))  # fmt: skip
+            _zoo("cascade", "eval", str(d / "cascade.json"), "--data", "digits", "--compare", m2,
+                 "--coverage", str(args.coverage))  # fmt: skip
+            folds[half] = json.loads((d / "eval.json").read_text())
+            folds[half]["windows"] = json.loads((d / "cascade.json").read_text())["windows"]
+        by_name = zip(*[f["rows"] for f in folds.values()])
+        summary["cascades"][name] = {
+            "members": members,
+            "target": target,
+            "coverage": args.coverage,
+            "rows": [pooled(list(rows), args.coverage) for rows in by_name],
+            "folds": {
+                h: {
+                    "windows": f["windows"],
+                    "report_split": f["report_split"],
+                    "rows": [
+                        {k: v for k, v in r.items() if k not in ("per_image", "macs_per_image")} for r in f["rows"]
+                    ],
+                }
+                for h, f in folds.items()
+            },  # fmt: skip
+        }
     results = ROOT / args.results
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(summary, indent=2) + "\n")
     for name in CASCADES:
-        shutil.copyfile(work / name / "eval.png", results.with_name(f"{results.stem}_{name}.png"))
+        shutil.copyfile(work / name / HALVES[0] / "eval.png", results.with_name(f"{results.stem}_{name}.png"))
     print(f"wrote {results} and its plots ({summary['machine']['cpu']}, load {summary['machine']['load_avg_1m']})")
     return 0
 

@@ -285,8 +285,8 @@ def _cascade_lines(family: Family) -> list[str]:
     lines = [
         "",
         f"**Early-exit cascades** (`zoo.Cascade`, `benchmarks/cascade.py`; {result['recipe']}; windows fitted on one "
-        "half of the digits validation split, figures on the other half; MACs counted, not timed; run on "
-        f"{m['cpu']}, load {m['load_avg_1m']}, {m['date']}):",
+        "half of the digits validation split and judged on the other, both ways round, figures pooled over both "
+        f"report halves; MACs counted, not timed; run on {m['cpu']}, load {m['load_avg_1m']}, {m['date']}):",
         "",
         "| cascade | model | top-1 % | MMACs/image | x one member | risk@cov. % | AURC % |",
         "|---|---|---|---|---|---|---|",

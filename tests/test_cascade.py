@@ -13,7 +13,7 @@ from torch import nn
 
 import weights
 import zoo
-from train.cascade import fit_windows, risk_coverage, selective_metrics
+from train.cascade import fit_windows, pooled, risk_coverage, selective_metrics
 from train.cascade import main as cascade_main
 from train.checkpoint import save_weights, weights_metadata
 from zoo.cascade import CascadeError, cascade_decisions, exit_stages, expected_macs, stage_outputs
@@ -143,6 +143,16 @@ def test_selective_metrics_by_hand() -> None:
     assert m["accuracy"] == 75.0 and m["risk_at_coverage"] == 50.0
     trapz = 0.25 * ((0 + 0) + (0 + 0.5) + (0.5 + 1 / 3) + (1 / 3 + 0.25)) / 2
     assert math.isclose(m["aurc"], 100 * trapz)
+    # two folds pool into the figures of their images together; MACs and exits weighted by images
+    folds = [
+        {"name": "c", "kind": "cascade", "expected_macs": 10.0, "exit_fractions": [1.0, 0.0],
+         "per_image": {"correct": [1, 0], "conf": [0.9, 0.8]}},
+        {"name": "c", "kind": "cascade", "expected_macs": 25.0, "exit_fractions": [0.5, 0.5],
+         "per_image": {"correct": [1, 1], "conf": [0.7, 0.1]}},
+    ]  # fmt: skip
+    both = pooled(folds, coverage=0.5)
+    assert both["images"] == 4 and both["expected_macs"] == 17.5 and both["exit_fractions"] == [0.75, 0.25]
+    assert {k: both[k] for k in m} == m
 
 
 def test_fit_meets_its_targets() -> None:

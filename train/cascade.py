@@ -64,8 +64,11 @@ def _halves(targets: Sequence[int]) -> tuple[list[int], list[int]]:
     return fit, report
 
 
-def load_split(data: str) -> Split:
-    """The fit and report halves of ``data``'s validation split (``digits`` or an ImageFolder root)."""
+def load_split(data: str, half: str = "first") -> Split:
+    """The fit and report halves of ``data``'s validation split (``digits`` or an ImageFolder root).
+
+    ``half="second"`` swaps them (the 2nd, 4th, ... image of each class fit the windows), for a second fold.
+    """
     from torch.utils.data import Subset
 
     from .config import TrainConfig
@@ -74,10 +77,15 @@ def load_split(data: str) -> Split:
     bundle = build_datasets(TrainConfig(data=data))
     val = bundle.val
     targets = val.targets if hasattr(val, "targets") else [t for _, t in val.samples]
+    if half not in ("first", "second"):
+        raise CascadeError(f"fit half must be 'first' or 'second', got {half!r}")
     fit, report = _halves(targets)
+    order = "1st, 3rd, 5th"
+    if half == "second":
+        fit, report, order = report, fit, "2nd, 4th, 6th"
     what = "train's digits validation split" if data == "digits" else f"{data}/val (ImageFolder)"
     text = (
-        f"{what} ({len(targets)} images), the fit half ({len(fit)} images: per class, the 1st, 3rd, 5th ... image in "
+        f"{what} ({len(targets)} images), the fit half ({len(fit)} images: per class, the {order} ... image in "
         f"dataset order); the report half ({len(report)} images) is held out for zoo cascade eval"
     )
     return Split(Subset(val, fit), Subset(val, report), text)
@@ -150,15 +158,42 @@ def cascade_metrics(
     windows: Sequence,
     macs: Sequence[int],
     coverage: float = COVERAGE,
+    per_image: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy, MACs and selective figures of the cascade with ``windows`` from precomputed stage outputs."""
+    """Accuracy, MACs and selective figures of the cascade with ``windows`` from precomputed stage outputs
+    (``per_image``: also each image's correctness, exit score and MACs, to pool folds later)."""
     stage = exit_stages(conf, windows)
     rows = torch.arange(stage.numel())
     correct = logp[stage, rows].argmax(-1) == labels
     res = selective_metrics(correct, conf[stage, rows], coverage)
     res["expected_macs"] = expected_macs(stage, macs)
     res["exit_fractions"] = [float((stage == k).double().mean()) for k in range(len(macs))]
+    if per_image:
+        cum = torch.tensor(macs, dtype=torch.float64).cumsum(0)
+        res.update(_per_image(correct, conf[stage, rows]), macs_per_image=cum[stage].tolist())
     return res
+
+
+def _per_image(correct: torch.Tensor, conf: torch.Tensor) -> dict[str, list]:
+    return {"per_image": {"correct": correct.int().tolist(), "conf": conf.double().tolist()}}
+
+
+def pooled(rows: Sequence[dict[str, Any]], coverage: float = COVERAGE) -> dict[str, Any]:
+    """One row's figures over several folds' report halves (images concatenated; MACs and exits weighted)."""
+    correct = torch.tensor([c for r in rows for c in r["per_image"]["correct"]], dtype=torch.bool)
+    conf = torch.tensor([c for r in rows for c in r["per_image"]["conf"]], dtype=torch.float64)
+    n = [len(r["per_image"]["correct"]) for r in rows]
+    out = {
+        "name": rows[0]["name"],
+        "kind": rows[0]["kind"],
+        "images": sum(n),
+        **selective_metrics(correct, conf, coverage),
+    }
+    out["expected_macs"] = sum(k * r["expected_macs"] for k, r in zip(n, rows)) / sum(n)
+    if "exit_fractions" in rows[0]:
+        fr = zip(*[[k * f for f in r["exit_fractions"]] for k, r in zip(n, rows)])
+        out["exit_fractions"] = [sum(f) / sum(n) for f in fr]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------------ fit
@@ -257,7 +292,7 @@ def fit(args: argparse.Namespace) -> int:
     """``zoo cascade fit``: member logits on the fit half, the window search, ``DIR/cascade.json`` written."""
     paths = _members_from(args.members)
     out = Path(args.out)
-    split = load_split(args.data)
+    split = load_split(args.data, args.fit_half)
     members = [load_checkpoint_model(p) for p in paths]
     cascade = zoo.Cascade(members, [(0.0, 1.0)] * (len(members) - 1), args.score)  # validates classes and inputs
     macs = cascade.member_macs
@@ -284,7 +319,13 @@ def fit(args: argparse.Namespace) -> int:
         "target": args.target,
         "expected_macs": res["expected_macs"],
         "expected_macs_over_member0": res["expected_macs"] / macs[0],
-        "fitted_on": {"data": args.data, "split": split.description, "images": len(labels), "result": res},
+        "fitted_on": {
+            "data": args.data,
+            "half": args.fit_half,
+            "split": split.description,
+            "images": len(labels),
+            "result": res,
+        },
     }
     weights.atomic_write(out / "cascade.json", lambda tmp: Path(tmp).write_text(json.dumps(spec, indent=2) + "\n"))
     print(
@@ -315,16 +356,17 @@ def evaluate(
     logp, conf = stage_outputs(member_logits_, score)
     rows = []
     for name, (lg, mc) in singles.items():
-        r = selective_metrics(lg.argmax(-1) == labels, _single_conf(lg, score), coverage)
-        rows.append({"name": name, "kind": "single", "expected_macs": mc, **r})
+        correct, c = lg.argmax(-1) == labels, _single_conf(lg, score)
+        r = selective_metrics(correct, c, coverage)
+        rows.append({"name": name, "kind": "single", "expected_macs": mc, **r, **_per_image(correct, c)})
     k = len(macs)
-    full = cascade_metrics(logp, conf, labels, [(0.0, 1.0)] * (k - 1), macs, coverage)
+    full = cascade_metrics(logp, conf, labels, [(0.0, 1.0)] * (k - 1), macs, coverage, per_image=True)
     rows.append({"name": f"ensemble of all {k} (every image, every member)", "kind": "ensemble", **full})
     rows.append(
         {
             "name": f"cascade ({spec.get('target', 'fitted')})",
             "kind": "cascade",
-            **cascade_metrics(logp, conf, labels, windows, macs, coverage),
+            **cascade_metrics(logp, conf, labels, windows, macs, coverage, per_image=True),
         }
     )
     _, fit_conf = stage_outputs(fit_logits, score)
@@ -410,7 +452,7 @@ def run_eval(
     path = Path(cascade_json)
     cascade = zoo.Cascade.from_json(path)  # checks every sha256
     spec = cascade.source
-    split = load_split(data)
+    split = load_split(data, spec["fitted_on"].get("half", "first") if isinstance(spec["fitted_on"], dict) else "first")
     labels = targets_of(split.report)
     names = [
         f"member {k}: {m.get('model', '?')} ({member_path(m, path.parent).parent.name})"
@@ -465,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--score", default="msp", choices=zoo.cascade.SCORES, help="uncertainty score (default msp)")
     f.add_argument("--width", type=float, default=0.2, help="risk target: fraction of images per window (0.2)")
     f.add_argument("--out", required=True, help="output directory (cascade.json)")
+    f.add_argument("--fit-half", choices=("first", "second"), default="first", help="which half fits (a 2nd fold)")
     f.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     f.set_defaults(fn=fit)
     e = sub.add_parser("eval", help="table and plot on the report half, against the single members and --compare")
