@@ -11,8 +11,9 @@ error rate of the ``c`` most confident fraction, AURC the trapezoidal area under
 
 Targets of ``fit``:
 
-* ``macs:R`` -- the most accurate windows (ties: lower AURC, then fewer MACs) whose expected MACs per image on the
-  fit half are at most ``R`` times member 0's; windows searched over score quantiles of the fit half;
+* ``macs:R`` -- the most accurate windows (ties: lower AURC, then more of the budget used, then the lowest window)
+  whose expected MACs per image on the fit half are at most ``R`` times member 0's; windows searched over score
+  quantiles of the fit half;
 * ``accuracy`` or ``accuracy:A`` -- the cheapest windows reaching accuracy ``A`` on the fit half (default: the full
   ensemble's accuracy there);
 * ``risk:R@coverage`` -- the authors' window strategy: ``tau`` is the confidence at which the stage's risk-coverage
@@ -262,7 +263,9 @@ def fit_windows(
         if kind == "macs":
             if res["expected_macs"] > value * macs[0] * (1 + 1e-9):
                 continue
-            key = (-res["accuracy"], res["aurc"], res["expected_macs"])
+            # ties: lower AURC, then more of the budget spent (closer to the full ensemble, which generalizes better
+            # from a small fit set than the narrowest window that happens to tie on it), then the lowest window
+            key = (-res["accuracy"], res["aurc"], -res["expected_macs"])
         else:
             goal = full["accuracy"] if value is None else 100.0 * value if value <= 1 else value
             if res["accuracy"] < goal - 1e-9:
