@@ -288,17 +288,22 @@ def _cascade_lines(family: Family) -> list[str]:
         "half of the digits validation split and judged on the other, both ways round, figures pooled over both "
         f"report halves; MACs counted, not timed; run on {m['cpu']}, load {m['load_avg_1m']}, {m['date']}):",
         "",
-        "| cascade | model | top-1 % | MMACs/image | x one member | risk@cov. % | AURC % |",
+        "| model | top-1 % | MMACs/image | x one member | risk@cov. % | AURC % | exits per stage |",
         "|---|---|---|---|---|---|---|",
     ]
+    rows: dict[str, tuple[dict[str, Any], float]] = {}  # label -> (row, coverage): members and ensembles once
     for name, c in result["cascades"].items():
-        unit = c["rows"][0]["expected_macs"]
         for r in c["rows"]:
-            lines.append(
-                f"| {name} | {_cell(r['name'])} | {r['accuracy']:.2f} | {r['expected_macs'] / 1e6:.2f} | "
-                f"{r['expected_macs'] / unit:.2f} | {r['risk_at_coverage']:.2f} @ {c['coverage']:.0%} "
-                f"| {r['aurc']:.3f} |"
-            )
+            label = f"cascade `{name}`, target `{c['target']}`" if r["kind"] == "cascade" else r["name"]
+            rows.setdefault(label, (r, c["coverage"]))
+    order = {"single": 0, "ensemble": 1, "cascade": 2}
+    unit = next(r["expected_macs"] for r, _ in rows.values() if r["kind"] == "single")
+    for label, (r, cov) in sorted(rows.items(), key=lambda kv: order.get(kv[1][0]["kind"], 3)):
+        exits = " / ".join(f"{f:.2f}" for f in r.get("exit_fractions", [])) or "—"
+        lines.append(
+            f"| {_cell(label)} | {r['accuracy']:.2f} | {r['expected_macs'] / 1e6:.2f} | "
+            f"{r['expected_macs'] / unit:.2f} | {r['risk_at_coverage']:.2f} @ {cov:.0%} | {r['aurc']:.3f} | {exits} |"
+        )
     return lines
 
 
