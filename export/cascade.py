@@ -205,8 +205,8 @@ def main_cascade(cascade_json: str, out: str, opts: ExportOptions) -> int:
     par = policy["parity"]
     print(f"cascade of {len(policy['members'])} members exported to {out}")
     print(
-        f"parity vs the PyTorch cascade on {par['images']} images: {par['exits_differ']} exits differ (allowed only at a "
-        f"window's edge), logits rel. error {par['logit_error']:.2e} (tol {par['tol']:g})"
+        f"parity vs the PyTorch cascade on {par['images']} images: {par['exits_differ']} exits differ (allowed only "
+        f"at a window's edge), logits rel. error {par['logit_error']:.2e} (tol {par['tol']:g})"
     )
     print(f"policy: {Path(out) / 'cascade.json'}; run it with export.run_cascade({str(out)!r}, images)")
     return 0
