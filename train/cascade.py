@@ -38,7 +38,7 @@ import torch
 
 import weights
 import zoo
-from zoo.cascade import FORMAT, CascadeError, exit_stages, expected_macs, member_path, stage_outputs
+from zoo.cascade import FORMAT, CascadeError, exit_stages, expected_macs, load_trained, member_path, stage_outputs
 
 __all__ = ["Split", "fit_windows", "load_split", "main", "risk_coverage", "selective_metrics"]
 
@@ -117,14 +117,6 @@ def targets_of(dataset: Any) -> torch.Tensor:
     base = dataset.dataset
     targets = base.targets if hasattr(base, "targets") else [t for _, t in base.samples]
     return torch.tensor([targets[i] for i in dataset.indices])
-
-
-def load_checkpoint_model(path: str | Path) -> torch.nn.Module:
-    """A model rebuilt from a ``zoo train`` checkpoint (its metadata names model, classes and input size)."""
-    from zoo.cascade import _load_member
-
-    p = Path(path).resolve()
-    return _load_member({"checkpoint": str(p), "sha256": weights.sha256sum(p)}, p.parent, 0)
 
 
 # -------------------------------------------------------------------------------------------------------------- metrics
@@ -296,7 +288,7 @@ def fit(args: argparse.Namespace) -> int:
     paths = _members_from(args.members)
     out = Path(args.out)
     split = load_split(args.data, args.fit_half)
-    members = [load_checkpoint_model(p) for p in paths]
+    members = [load_trained(p) for p in paths]
     cascade = zoo.Cascade(members, [(0.0, 1.0)] * (len(members) - 1), args.score)  # validates classes and inputs
     macs = cascade.member_macs
     labels = targets_of(split.fit)
@@ -465,7 +457,7 @@ def run_eval(
     fit_logits = [member_logits(m, split.fit, label=n + " (fit half)") for m, n in zip(cascade.members, names)]
     singles = {n: (lg, mc) for n, lg, mc in zip(names, logits, cascade.member_macs)}
     for c in compare:
-        model = load_checkpoint_model(c)
+        model = load_trained(c)
         n = f"single {model.pretrained_cfg['architecture']} ({Path(c).parent.name})"
         singles[n] = (
             member_logits(model, split.report, label=n),

@@ -52,6 +52,7 @@ __all__ = [
     "cascade_decisions",
     "exit_stages",
     "expected_macs",
+    "load_trained",
     "member_scores",
     "read_cascade_json",
     "stage_outputs",
@@ -381,6 +382,14 @@ def _check_metas(metas: Sequence[dict[str, str]]) -> None:
         if len(set(values)) > 1:
             listed = ", ".join(f"member {k}: {v}" for k, v in enumerate(values))
             raise CascadeError(f"cascade members have different {what} ({listed}); all must take the same")
+
+
+def load_trained(path: str | os.PathLike) -> nn.Module:
+    """A model rebuilt (eval mode) from a ``zoo train`` checkpoint: its metadata names model, classes, input size."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise CascadeError(f"checkpoint not found: {p}")
+    return _load_member({"checkpoint": str(p), "sha256": weights.sha256sum(p)}, p.parent, 0)
 
 
 def _load_member(member: dict[str, Any], base: Path, k: int, meta: dict[str, str] | None = None) -> nn.Module:
