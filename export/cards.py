@@ -46,6 +46,9 @@ STATS_PATH = "benchmarks/results/model_stats.json"
 BENCH_PATH = "benchmarks/results/bench_cpu.json"
 PLOT_PATH = "benchmarks/results/pareto_onnxruntime.png"
 CARDS_PATH = "MODEL_CARDS.md"
+#: ``benchmarks/cascade.py``'s summary: a family's early-exit cascade results, shown in that family's card
+CASCADE_PATH = "benchmarks/results/cascade_digits.json"
+_ROOT = Path(__file__).resolve().parents[1]
 
 #: What ``tests/test_registry.py`` proves for every registered model (``tests/test_cards.py`` checks the tests exist).
 TESTED_EXPORTS = (
@@ -261,6 +264,7 @@ def _family_section(family: Family, stats: Mapping[str, Any], index: Mapping[tup
         lines += ["", family.card_notes.strip()]
     lines += ["", _TABLE_HEAD]
     lines += [_variant_row(family, n, stats, index) for n in family.variants]
+    lines += _cascade_lines(family)
     failed = [
         f"`{n}` {rt}: {_cell(index[(n, rt)]['reason'])}"
         for n in family.variants
@@ -270,6 +274,37 @@ def _family_section(family: Family, stats: Mapping[str, Any], index: Mapping[tup
     if failed:
         lines += ["", "Benchmark failures here: " + "; ".join(failed) + "."]
     return "\n".join(lines)
+
+
+def _cascade_lines(family: Family) -> list[str]:
+    """The family's early-exit cascade table from :data:`CASCADE_PATH`, when that file measured this family."""
+    result = load_json(_ROOT / CASCADE_PATH)
+    if not result or result.get("family") != family.name:
+        return []
+    m = result["machine"]
+    lines = [
+        "",
+        f"**Early-exit cascades** (`zoo.Cascade`, `benchmarks/cascade.py`; {result['recipe']}; windows fitted on one "
+        "half of the digits validation split and judged on the other, both ways round, figures pooled over both "
+        f"report halves; MACs counted, not timed; run on {m['cpu']}, load {m['load_avg_1m']}, {m['date']}):",
+        "",
+        "| model | top-1 % | MMACs/image | x one member | risk@cov. % | AURC % | exits per stage |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows: dict[str, tuple[dict[str, Any], float]] = {}  # label -> (row, coverage): members and ensembles once
+    for name, c in result["cascades"].items():
+        for r in c["rows"]:
+            label = f"cascade `{name}`, target `{c['target']}`" if r["kind"] == "cascade" else r["name"]
+            rows.setdefault(label, (r, c["coverage"]))
+    order = {"single": 0, "ensemble": 1, "cascade": 2}
+    unit = next(r["expected_macs"] for r, _ in rows.values() if r["kind"] == "single")
+    for label, (r, cov) in sorted(rows.items(), key=lambda kv: order.get(kv[1][0]["kind"], 3)):
+        exits = " / ".join(f"{f:.2f}" for f in r.get("exit_fractions", [])) or "—"
+        lines.append(
+            f"| {_cell(label)} | {r['accuracy']:.2f} | {r['expected_macs'] / 1e6:.2f} | "
+            f"{r['expected_macs'] / unit:.2f} | {r['risk_at_coverage']:.2f} @ {cov:.0%} | {r['aurc']:.3f} | {exits} |"
+        )
+    return lines
 
 
 def _bench_line(bench: Mapping[str, Any] | None, bench_name: str) -> str:

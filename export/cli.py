@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zoo export",
         description="Fold every normalization, export deployment artifacts and prove their parity.",
     )
-    p.add_argument("--model", required=True, help="registered model name (see `zoo list`)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="registered model name (see `zoo list`)")
+    what.add_argument("--cascade", help="a cascade.json of zoo cascade fit: every member, plus the policy and runner")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint file (.safetensors/.pth; ours, the authors' or timm's layout)")
     src.add_argument("--pretrained", action="store_true", help="the variant's released weights")
@@ -91,13 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cascade(args: argparse.Namespace, opts: object) -> int:
+    """``zoo export --cascade``: a member's checkpoint comes from the cascade.json, not from --checkpoint."""
+    from .cascade import main_cascade
+    from .errors import ExportInputError
+
+    if args.checkpoint or args.pretrained:
+        raise ExportInputError("--cascade takes its members' checkpoints from the cascade.json: drop --checkpoint")
+    return main_cascade(args.cascade, args.out, opts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``zoo export`` and ``python -m export``."""
     import weights
     import zoo
 
     from .api import ExportOptions, export_model
-    from .errors import ExportInputError, FoldCheckError
+    from .errors import ExportInputError, FoldCheckError, ParityError
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -113,10 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             trt_workspace_mb=args.trt_workspace_mb, opset=args.opset, latency_seconds=args.latency_seconds,
             threads=args.threads, num_classes=args.num_classes,
         )  # fmt: skip
+        if args.cascade:
+            return _cascade(args, opts)
         result = export_model(args.model, args.out, opts, checkpoint=args.checkpoint, pretrained=args.pretrained)
-    except (ExportInputError, zoo.UnknownModelError, weights.WeightsError, FileNotFoundError, TypeError) as e:
+    except (ExportInputError, zoo.UnknownModelError, zoo.CascadeError, weights.WeightsError, OSError, TypeError) as e:
         print(f"zoo export: error: {e}", file=sys.stderr)
         return 2
+    except ParityError as e:  # only the cascade raises it here: a member's format failing is a result, below
+        print(f"zoo export: {e}", file=sys.stderr)
+        return 1
     except FoldCheckError as e:
         print(f"zoo export: fold check failed, nothing written: {e}", file=sys.stderr)
         return 2

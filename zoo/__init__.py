@@ -27,6 +27,7 @@ from . import (  # noqa: F401  (importing a family module registers it)
     tinynet,
     vovnet,
 )
+from .cascade import Cascade, CascadeError, CascadeOutput
 from .features import FeatureExtractor, FeatureInfo
 from .info import count_macs, count_params, model_info
 from .registry import (
@@ -45,6 +46,9 @@ from .registry import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cascade",
+    "CascadeError",
+    "CascadeOutput",
     "Family",
     "FeatureExtractor",
     "FeatureInfo",

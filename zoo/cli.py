@@ -19,6 +19,7 @@ EXTERNAL = {
     "export": "export.cli:main",
     "bench": "export.bench:main",
     "cards": "export.cards:main",
+    "cascade": "train.cascade:main",
 }
 
 
