@@ -20,7 +20,7 @@ from .data import normalize
 from .errors import ExportError, ParityError
 from .executorch_export import export_pte, export_pte_int8, load_pte
 from .fold import FLOOR_FACTOR, PixelInput, judge_parity, noise_floor, rel_error
-from .int8 import Int8BudgetError, evaluate_int8, int8_capability, search_onnx_int8
+from .int8 import Int8BudgetError, default_reduce_range, evaluate_int8, int8_capability, search_onnx_int8
 from .onnx_export import (
     check_onnx_graph,
     convert_to_ort,
@@ -224,14 +224,75 @@ def _int8_record(verdict: dict[str, Any]) -> dict[str, Any]:
     return {**verdict, "cpu": int8_capability()}
 
 
+class _Normalized(nn.Module):
+    """Artifact pixels -> normalized input -> ``core``: a QAT graph whose first range was learned on normalized
+    inputs keeps the normalization as an explicit Sub and Mul ahead of its first Q/DQ pair."""
+
+    def __init__(self, core: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], pixel_range: float) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("shift", torch.tensor(mean).view(1, -1, 1, 1) * pixel_range)
+        self.register_buffer("gain", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * pixel_range))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core((x - self.shift) * self.gain)
+
+
+def _qat_graph(job: Job) -> tuple[nn.Module, int]:
+    """The QAT graph frozen for export (learned ranges as Q/DQ constants) and its weight bit width: the trained one,
+    or 7 bits where this CPU saturates 8-bit products (``--int8-reduce-range auto``), or as forced."""
+    from blocks.qat import export_form
+
+    qat = job.loaded.qat
+    forced = job.opts.reduce_range
+    seven = forced if forced is not None else (qat.qat["weight_bits"] == 7 or default_reduce_range())
+    graph: nn.Module = export_form(qat, 63 if seven else 127)
+    if isinstance(job.graph, PixelInput):
+        cfg = job.loaded.cfg
+        graph = _Normalized(graph, cfg["mean"], cfg["std"], float(job.opts.pixel_range)).eval()
+    return graph, 7 if seven else 8
+
+
+def _build_onnx_qat(job: Job, run: Callable[[Path, torch.Tensor], torch.Tensor], gate: tuple) -> dict[str, Any]:
+    """INT8 Q/DQ ONNX written from a QAT checkpoint's graph with its learned ranges (no calibration), judged by the
+    same gate as post-training quantization."""
+    import onnx
+
+    o = job.opts
+    graph, bits = _qat_graph(job)
+    path = job.staging / f"{job.stem}.int8.onnx"
+    res = export_onnx(graph, path, job.loaded.input_size, batch=o.batch, dynamic_batch=o.dynamic_batch, opset=o.opset)
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    qat = job.loaded.qat.qat
+    settings = {
+        "tool": "QAT (blocks.qat, zoo train --qat) -> torch.onnx Q/DQ",
+        "format": "QDQ",
+        "ranges": f"learned in training: {qat['activations']} activation ranges (no calibration)",
+        "weights": f"int{bits} range in int8, per-channel, symmetric (trained at {qat['weight_bits']} bits)",
+        "activations": "int8, per-tensor, symmetric",
+        "exporter": res["exporter"],
+        "quantize_nodes": ops.count("QuantizeLinear"),
+        "dequantize_nodes": ops.count("DequantizeLinear"),
+        "input_normalization": "Sub + Mul ahead of the first Q/DQ" if isinstance(graph, _Normalized) else None,
+        "qat": qat,
+    }
+    x, labels, source = gate
+    verdict = evaluate_int8(run(job.require("onnx"), x), run(path, x), labels, o.int8_budget, source)
+    if not verdict["passed"]:
+        path.unlink()
+        raise Int8BudgetError("onnx-int8", verdict, {"top1": _int8_record(verdict), "quantization": settings})
+    return {"settings": settings, "verdict": verdict, "path": path, "calibration": {"source": "none: QAT ranges"}}
+
+
 def build_onnx_int8(job: Job) -> dict[str, Any]:
-    """Accuracy-aware INT8 Q/DQ ONNX from the FP32 one, judged by the INT8 gate on held-out images."""
+    """Accuracy-aware INT8 Q/DQ ONNX from the FP32 one (or from a QAT checkpoint's learned ranges), judged by the
+    INT8 gate on held-out images."""
     o = job.opts
     fp32 = job.require("onnx")
-    calib, calib_info = _calibration(job)
+    calib, calib_info = _calibration(job) if job.loaded.qat is None else (None, {})
     gate = gate_data(job)
     path = job.staging / f"{job.stem}.int8.onnx"
-    batch = o.batch if not o.dynamic_batch else min(16, len(calib))
+    batch = o.batch if not o.dynamic_batch or calib is None else min(16, len(calib))
     step = None if o.dynamic_batch else o.batch
 
     def run(p: Path, x: torch.Tensor) -> torch.Tensor:
@@ -240,13 +301,17 @@ def build_onnx_int8(job: Job) -> dict[str, Any]:
 
     n_gate = len(gate[0]) - len(gate[0]) % step if step else len(gate[0])
     gate = (gate[0][:n_gate], None if gate[1] is None else gate[1][:n_gate], gate[2])
-    try:
-        settings, verdict = search_onnx_int8(
-            fp32, path, calib, batch, gate, run, o.int8_budget, o.int8_calibration, o.reduce_range, o.int8_fallback
-        )
-    except Int8BudgetError as e:
-        e.record = {"top1": _int8_record(e.verdict), "calibration": calib_info, "search": e.record}
-        raise
+    if job.loaded.qat is not None:
+        built = _build_onnx_qat(job, run, gate)
+        settings, verdict, calib_info = built["settings"], built["verdict"], built["calibration"]
+    else:
+        try:
+            settings, verdict = search_onnx_int8(
+                fp32, path, calib, batch, gate, run, o.int8_budget, o.int8_calibration, o.reduce_range, o.int8_fallback
+            )
+        except Int8BudgetError as e:
+            e.record = {"top1": _int8_record(e.verdict), "calibration": calib_info, "search": e.record}
+            raise
     try:
         check_onnx_graph(path, o.dynamic_batch, job.forbid_norms)
     except AssertionError as e:

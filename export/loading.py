@@ -40,6 +40,7 @@ class Loaded:
     bn_identity: bool
     num_classes: int
     create_args: dict[str, Any] = field(default_factory=dict)
+    qat: nn.Module | None = None  # the QAT graph of a ``zoo train --qat`` checkpoint (its INT8 ranges were learned)
 
 
 def _accepts(name: str, arg: str) -> bool:
@@ -107,7 +108,7 @@ def _load_registered(
     if checkpoint is not None and pretrained:
         raise ExportInputError("give either a checkpoint or --pretrained, not both")
     create: dict[str, Any] = {}
-    ckpt_info, classes, meta = None, None, {}
+    ckpt_info, classes, meta, qat_graph = None, None, {}, None
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -124,6 +125,8 @@ def _load_registered(
             create["num_classes"] = n
         model = zoo.create_model(name, pretrained=path, **create)
         ckpt_info = {"path": str(path), "sha256": weights.sha256sum(path), "metadata": meta}
+        if hasattr(model, "qat"):
+            qat_graph, model = model, _float_twin(name, create, model)
     else:
         if num_classes is not None:
             create["num_classes"] = num_classes
@@ -137,8 +140,27 @@ def _load_registered(
     if img_size is not None:  # models without a fixed geometry take any size: export at the one asked for
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
     size = tuple(cfg["input_size"])
-    bn_identity = _bn_is_identity(model)
-    return Loaded(model, name, family, cfg, size, classes, ckpt_info, bn_identity, model.num_classes, create)
+    if qat_graph is not None and tuple(qat_graph.qat["input_size"]) != size:
+        raise ExportInputError(
+            f"{checkpoint} was QAT-trained at input {tuple(qat_graph.qat['input_size'])}; its INT8 graph is fixed to "
+            f"it, so it cannot export at {size}: drop --imgsz or give {qat_graph.qat['input_size'][-1]}"
+        )
+    bn_identity = _bn_is_identity(model) and qat_graph is None
+    return Loaded(
+        model, name, family, cfg, size, classes, ckpt_info, bn_identity, model.num_classes, create, qat=qat_graph
+    )
+
+
+def _float_twin(name: str, create: dict[str, Any], qat_graph: nn.Module) -> nn.Module:
+    """The deployed model with a QAT graph's float weights: what the FP32 formats (and the INT8 gate's FP32 twin)
+    are made from. The QAT graph keeps the deployed model's parameter names, so the weights load strictly."""
+    import blocks
+    from blocks.qat import float_state
+
+    twin = blocks.reparameterize_model(zoo.create_model(name, **create).eval())
+    twin.load_state_dict(float_state(qat_graph), strict=True)
+    twin.pretrained_cfg = {**twin.pretrained_cfg, "input_size": tuple(qat_graph.qat["input_size"])}
+    return twin
 
 
 def _load_module(model: nn.Module, img_size: int | None, classes: list[str] | None) -> Loaded:

@@ -68,7 +68,24 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         kwargs["drop_rate"] = cfg.drop
     if cfg.drop_path is not None:
         kwargs["drop_path_rate"] = cfg.drop_path
-    return zoo.create_model(cfg.model, pretrained=_pretrained_arg(cfg.pretrained), num_classes=num_classes, **kwargs)
+    model = zoo.create_model(cfg.model, pretrained=_pretrained_arg(cfg.pretrained), num_classes=num_classes, **kwargs)
+    if cfg.qat and not _pretrained_arg(cfg.pretrained):
+        raise ValueError("qat fine-tunes a trained model: give --pretrained <checkpoint of zoo train> (or released)")
+    if cfg.qat and not hasattr(model, "qat"):  # (a QAT checkpoint comes back as its QAT graph: training continues)
+        model = _to_qat(model, cfg)
+    return model
+
+
+def _to_qat(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """The deployed model under INT8 fake quantization (``blocks.qat``), at the input size it trains at."""
+    from blocks import qat
+
+    side = model_img_size(cfg, model)
+    size = (int(model.pretrained_cfg["input_size"][0]), side, side)
+    rr = {"auto": qat.default_reduce_range(), "on": True, "off": False}[cfg.qat_reduce_range]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return qat.prepare_qat(blocks.reparameterize_model(model.eval()), size, reduce_range=rr)
 
 
 def model_img_size(cfg: TrainConfig, model: nn.Module) -> int:

@@ -34,6 +34,7 @@ _CHOICES = {
     "amp_dtype": ("", "float16", "bfloat16"),
     "dist_bn": ("", "reduce", "broadcast"),
     "eval_metric": ("top1", "top5", "loss"),
+    "qat_reduce_range": ("auto", "on", "off"),
 }
 
 
@@ -134,6 +135,13 @@ class TrainConfig:
     prune_end: str = field(default="75%", metadata={"help": "pruning end: steps (N), epochs (Nep) or % of training"})
     prune_freq: int = field(default=100, metadata={"help": "optimizer steps between mask updates"})
     prune_pattern: str = field(default="unstructured", metadata={"help": "sparsity pattern (unstructured, 1x4, 2:4)"})
+    # quantization-aware training (blocks.qat): fine-tune the deployed model under INT8 fake quantization
+    qat: bool = field(
+        default=False, metadata={"help": "QAT: fine-tune the deployed --pretrained model with INT8 fake quantization"}
+    )
+    qat_reduce_range: str = field(
+        default="auto", metadata={"help": "7-bit QAT weights: auto (x86 without VNNI, where 8 bits saturate), on, off"}
+    )
     # precision, device, distributed
     device: str = field(default="", metadata={"help": "cpu, cuda, cuda:1 (default: cuda when available)"})
     amp: bool = field(default=False, metadata={"help": "mixed precision (bf16 on CPU, fp16 on CUDA by default)"})
@@ -160,6 +168,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.prune_to < 1.0:
             raise ValueError(f"prune_to is a sparsity in [0, 1), got {self.prune_to}")
+        if self.qat and self.prune_to > 0:
+            raise ValueError("qat and prune_to cannot be combined: prune first, then fine-tune with qat")
         if self.distillation_type != "none" and not self.teacher_model:
             raise ValueError(f"distillation_type={self.distillation_type!r} needs teacher_model")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:

@@ -177,6 +177,10 @@ def _build(cfg: TrainConfig, env: DistEnv) -> _Run:
         model = model.to(memory_format=torch.channels_last)
     transforms = build_transforms(cfg, model.pretrained_cfg, img_size)
     train_loader, val_loader = build_loaders(cfg, data, transforms, env.rank, env.world)
+    if hasattr(model, "qat"):  # QAT starts from ranges calibrated on a few training batches
+        from blocks.qat import calibrate
+
+        calibrate(model, (x.to(env.device) for x, _ in batches(train_loader, cfg.on_bad_image)))
     updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum_steps)
     optimizer = build_optimizer(model, cfg, effective_lr(cfg, env.world))
     scheduler, num_epochs = build_scheduler(optimizer, cfg, updates_per_epoch)
@@ -206,10 +210,15 @@ def _build(cfg: TrainConfig, env: DistEnv) -> _Run:
         criterion=criterion,
         mixup=_mixup(cfg, num_classes),
         refreeze=refreeze,
-        meta=ckpt.weights_metadata(cfg.model, num_classes, img_size, cfg.model_kwargs),
+        meta=ckpt.weights_metadata(cfg.model, num_classes, img_size, cfg.model_kwargs, **_qat_meta(model)),
         img_size=img_size,
         num_classes=num_classes,
     )
+
+
+def _qat_meta(model: nn.Module) -> dict[str, str]:
+    """A QAT run's checkpoints say so (deployed form, learned ranges): ``zoo.create_model`` rebuilds the QAT graph."""
+    return {"qat": json.dumps(model.qat)} if hasattr(model, "qat") else {}
 
 
 # settings that define the lr schedule: when a resume changes one (e.g. more epochs), the new schedule applies

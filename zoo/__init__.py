@@ -41,6 +41,7 @@ from .registry import (
     list_families,
     list_models,
     load_pretrained,
+    qat_settings,
 )
 
 __version__ = "0.1.0"
@@ -64,4 +65,5 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "model_info",
+    "qat_settings",
 ]

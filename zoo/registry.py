@@ -12,16 +12,26 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from weights import Converter, WeightSpec, fetch_weights, load_checkpoint, load_into
+from weights import (
+    Converter,
+    WeightsError,
+    WeightSpec,
+    fetch_weights,
+    load_checkpoint,
+    load_into,
+    read_safetensors_metadata,
+)
 
 __all__ = [
     "Paper",
@@ -233,6 +243,11 @@ def create_model(
         "family": family.name,
         "num_classes": model.num_classes,
     }
+    qat = qat_settings(pretrained) if pretrained and pretrained is not True else None
+    if qat is not None:
+        if features_only:
+            raise ValueError(f"{pretrained} is a QAT checkpoint (a whole quantized graph): features_only cannot apply")
+        return _load_qat(model, name, Path(pretrained), qat)
     if pretrained:
         load_pretrained(model, name, pretrained)
     if features_only:
@@ -240,6 +255,38 @@ def create_model(
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def qat_settings(path: str | Path) -> dict[str, Any] | None:
+    """The QAT record of a checkpoint written by ``zoo train --qat`` (None for any other checkpoint)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    qat = read_safetensors_metadata(path).get("qat")
+    return json.loads(qat) if qat else None
+
+
+def _load_qat(model: nn.Module, name: str, path: Path, qat: dict[str, Any]) -> nn.Module:
+    """A QAT checkpoint holds the deployed model's weights and the learned INT8 ranges: rebuild that graph
+    (``blocks.qat.prepare_qat`` on the deployed form, at the trained input size) and load both, strictly."""
+    import blocks
+    from blocks import qat as bq
+
+    if qat.get("version") != bq.QAT_VERSION:
+        raise WeightsError(f"{path}: QAT checkpoint version {qat.get('version')}, this code reads {bq.QAT_VERSION}")
+    deployed = blocks.reparameterize_model(model.eval())
+    gm = bq.prepare_qat(deployed, tuple(qat["input_size"]), reduce_range=qat["weight_bits"] == 7)
+    if bq.qat_signature(gm) != qat["signature"]:
+        raise WeightsError(
+            f"{path}: its INT8 ranges were learned on another graph of {name} (signature {qat['signature']}, this "
+            f"build gives {bq.qat_signature(gm)}; trained with torch {qat.get('torch')}, this is "
+            f"{torch.__version__}): run zoo train --qat again from the float checkpoint"
+        )
+    try:
+        bq.load_qat_state(gm, load_checkpoint(path), context=f"{name} <- {path}")
+    except ValueError as e:
+        raise WeightsError(str(e)) from e
+    return gm.eval()
 
 
 def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | Path) -> str:
