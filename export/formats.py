@@ -447,7 +447,14 @@ def build_executorch_int8(job: Job) -> dict[str, Any]:
         err = rel_error(torch.as_tensor(runner(x)), job.graph(x)) if len(x) == o.batch else None
     rec = {
         "files": [path],
-        "quantization": {"tool": "torchao PT2E + XNNPACKQuantizer", "config": "symmetric, per-channel weights"},
+        "quantization": {
+            "tool": "torchao PT2E + XNNPACKQuantizer",
+            "config": "symmetric, per-channel weights",
+            "qat": None
+            if job.loaded.qat is None
+            else "weights from QAT; ranges calibrated by PT2E (XNNPACK quantizes op outputs, which the QAT graph's "
+            "input-side ranges do not mirror, and its delegate does not lower the QAT graph's own Q/DQ form yet)",
+        },
         "calibration": calib_info,
         "top1": _int8_record(verdict),
         "parity": {"error": err, "tol": None, "reference": "PyTorch (folded model, fp32)"},

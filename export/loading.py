@@ -114,6 +114,12 @@ def _load_registered(
         if not path.is_file():
             raise ExportInputError(f"checkpoint file not found: {path}")
         meta = _checkpoint_meta(path)
+        trained = (zoo.qat_settings(path) or {}).get("input_size")
+        if trained and img_size and img_size != trained[-1]:
+            raise ExportInputError(
+                f"{path} was QAT-trained at input {tuple(trained)}; its INT8 graph is fixed to it, so it cannot "
+                f"export at {img_size} px: drop --imgsz or give {trained[-1]}"
+            )
         img_size = img_size or _int_from_meta(meta, "img_size", path)
     if img_size is not None and _accepts(name, "img_size"):
         create["img_size"] = img_size
@@ -140,11 +146,6 @@ def _load_registered(
     if img_size is not None:  # models without a fixed geometry take any size: export at the one asked for
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
     size = tuple(cfg["input_size"])
-    if qat_graph is not None and tuple(qat_graph.qat["input_size"]) != size:
-        raise ExportInputError(
-            f"{checkpoint} was QAT-trained at input {tuple(qat_graph.qat['input_size'])}; its INT8 graph is fixed to "
-            f"it, so it cannot export at {size}: drop --imgsz or give {qat_graph.qat['input_size'][-1]}"
-        )
     bn_identity = _bn_is_identity(model) and qat_graph is None
     return Loaded(
         model, name, family, cfg, size, classes, ckpt_info, bn_identity, model.num_classes, create, qat=qat_graph
