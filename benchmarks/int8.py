@@ -152,8 +152,8 @@ def plot(rows: list[dict], path: Path, cpu: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for key, label, marker in (("ptq_plain", "plain PTQ", "x"), ("ptq_aware", "accuracy-aware PTQ", "o"),
                                ("qat", "QAT", "^"), ("et_ptq", "ExecuTorch PTQ", "s")):  # fmt: skip
-        pts = [(r[key]["latency_ratio"], r[key]["drop"], r["model"]) for r in rows
-               if "error" not in r and r.get(key, {}).get("latency_ratio") and r[key].get("drop") is not None]  # fmt: skip
+        ok = [r for r in rows if "error" not in r and r.get(key, {}).get("latency_ratio")]
+        pts = [(r[key]["latency_ratio"], r[key]["drop"], r["model"]) for r in ok if r[key].get("drop") is not None]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
             for x, y, name in pts:
@@ -179,8 +179,8 @@ def main() -> int:
     args = p.parse_args()
 
     import weights
-    from export.int8 import int8_capability
     from export.executorch_export import executorch_status
+    from export.int8 import int8_capability
 
     cap = int8_capability()
     cpu = f"{cap['cpu']} ({'with' if cap['int8_dot_product'] else 'no'} int8 dot products: {' '.join(cap['isa'])})"

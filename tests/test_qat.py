@@ -114,7 +114,8 @@ def qat_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("qat")
     data = make_imagefolder(root / "data")
     fit(tiny_config(data, root / "fp32", epochs=1, model=MODEL))
-    result = fit(tiny_config(data, root / "qat", epochs=1, lr=1e-4, model=MODEL, qat=True, pretrained=str(root / "fp32" / "last.safetensors")))  # fmt: skip
+    fp32 = str(root / "fp32" / "last.safetensors")
+    result = fit(tiny_config(data, root / "qat", epochs=1, lr=1e-4, model=MODEL, qat=True, pretrained=fp32))
     return {"root": root, "data": data, "ckpt": root / "qat" / "last.safetensors", "result": result}
 
 
