@@ -48,12 +48,15 @@ PLOT_PATH = "benchmarks/results/pareto_onnxruntime.png"
 CARDS_PATH = "MODEL_CARDS.md"
 #: ``benchmarks/cascade.py``'s summary: a family's early-exit cascade results, shown in that family's card
 CASCADE_PATH = "benchmarks/results/cascade_digits.json"
+#: ``benchmarks/int8.py``'s table (INT8 per family: plain PTQ, accuracy-aware PTQ, QAT) and its plot
+INT8_TABLE_PATH = "benchmarks/results/int8.md"
+INT8_PLOT_PATH = "benchmarks/results/int8.png"
 _ROOT = Path(__file__).resolve().parents[1]
 
 #: What ``tests/test_registry.py`` proves for every registered model (``tests/test_cards.py`` checks the tests exist).
 TESTED_EXPORTS = (
     ("test_onnx_parity", "ONNX fp32 (one dynamic-batch file; onnxruntime parity at batch 1 and 3)"),
-    ("test_coreml_conversion", "CoreML mlprogram (converted; spec checked on Linux)"),
+    ("test_coreml_conversion", "CoreML mlprogram (converted at float32; spec checked on Linux)"),
 )
 #: Runtimes of ``zoo bench`` that prove an extra export format runs, when they ran for a model.
 _BENCH_EXPORTS = {"onnxruntime-int8": "INT8 ONNX", "tensorrt": "TensorRT", "coreml": "CoreML (predicted)"}
@@ -307,6 +310,17 @@ def _cascade_lines(family: Family) -> list[str]:
     return lines
 
 
+def _int8_lines() -> list[str]:
+    """The INT8-per-family table written by ``benchmarks/int8.py``, when it has run."""
+    table = _ROOT / INT8_TABLE_PATH
+    if not table.is_file():
+        return []
+    lines = ["", "## INT8 per family (`benchmarks/int8.py`)", "", *table.read_text().strip().splitlines()]
+    if (_ROOT / INT8_PLOT_PATH).is_file():
+        lines += ["", f"![INT8 top-1 drop against INT8/FP32 latency]({INT8_PLOT_PATH})"]
+    return lines
+
+
 def _bench_line(bench: Mapping[str, Any] | None, bench_name: str) -> str:
     if not bench:
         return f"**Latency here**: no benchmark results file (`{bench_name}`) yet; run `zoo bench` (see below)."
@@ -360,6 +374,7 @@ def render_cards(
     ]
     if plot:
         out += ["", f"![Paper top-1 against latency measured here]({plot})"]
+    out += _int8_lines()
     out += ["", "| family | paper | variants |", "|---|---|---|"]
     out += [
         f"| [{f.name}](#{f.name}) | {_cell(f.paper.title)} ({f.paper.venue}) | {len(f.variants)} |" for f in families

@@ -27,6 +27,8 @@ from export.data import load_digits, normalize
 from export.manifest import path_sha256
 
 NAME, SIZE = "efficientvit_m0", 32
+# every test here reads one CLI run: on one xdist worker, so that the other never sits waiting on its lock
+pytestmark = pytest.mark.xdist_group("export_e2e")
 
 
 def _train_digits(epochs: int = 4) -> torch.nn.Module:

@@ -146,6 +146,8 @@ def test_coreml_conversion(subject: Subject) -> None:
     pytest.importorskip("coremltools")
     from export import check_coreml_spec, convert_coreml
 
-    mlmodel = convert_coreml(subject.deployed, subject.input_size)
+    # float32: the model's own layers are what can fail to convert; the float16 pass is coremltools' generic graph
+    # rewrite (a quarter of the conversion time), run with the shipped default in test_export_tiny.py
+    mlmodel = convert_coreml(subject.deployed, subject.input_size, precision="float32")
     info = check_coreml_spec(mlmodel, (1, *subject.input_size), (1, subject.deployed.num_classes))
     assert info["ops"], "empty program"
