@@ -21,6 +21,7 @@ from .errors import ExportError, ParityError
 from .executorch_export import export_pte, export_pte_int8, load_pte
 from .fold import FLOOR_FACTOR, PixelInput, judge_parity, noise_floor, rel_error
 from .int8 import Int8BudgetError, default_reduce_range, evaluate_int8, int8_capability, search_onnx_int8
+from .latency import time_side_by_side
 from .onnx_export import (
     check_onnx_graph,
     convert_to_ort,
@@ -284,6 +285,25 @@ def _build_onnx_qat(job: Job, run: Callable[[Path, torch.Tensor], torch.Tensor],
     return {"settings": settings, "verdict": verdict, "path": path, "calibration": {"source": "none: QAT ranges"}}
 
 
+def _placement_timer(job: Job) -> Callable[[dict[str, Path]], dict[str, float]] | None:
+    """Times candidate INT8 files side by side with onnxruntime here, so that the Q/DQ placement is picked on the
+    machine that runs it. None (keep Q/DQ on the residual Adds) when TensorRT is a target, since its explicit
+    quantization fuses Q/DQ'd Adds into the convolutions, or when latency measurement is off."""
+    o = job.opts
+    if "tensorrt" in o.formats or o.latency_seconds <= 0:
+        return None
+    x = job.probes[0][1][: o.batch].numpy()
+
+    def timer(files: dict[str, Path]) -> dict[str, float]:
+        sessions = {k: ort_session(v, o.threads) for k, v in files.items()}
+        name = next(iter(sessions.values())).get_inputs()[0].name
+        cands = {k: (lambda s=s: s.run(None, {name: x})) for k, s in sessions.items()}
+        timing = time_side_by_side(cands, warmup=3, min_runs=10, min_seconds=o.latency_seconds, max_runs=300)
+        return {k: round(t.median_ms, 4) for k, t in timing.items()}
+
+    return timer
+
+
 def build_onnx_int8(job: Job) -> dict[str, Any]:
     """Accuracy-aware INT8 Q/DQ ONNX from the FP32 one (or from a QAT checkpoint's learned ranges), judged by the
     INT8 gate on held-out images."""
@@ -307,8 +327,9 @@ def build_onnx_int8(job: Job) -> dict[str, Any]:
     else:
         try:
             settings, verdict = search_onnx_int8(
-                fp32, path, calib, batch, gate, run, o.int8_budget, o.int8_calibration, o.reduce_range, o.int8_fallback
-            )
+                fp32, path, calib, batch, gate, run, o.int8_budget, o.int8_calibration, o.reduce_range,
+                o.int8_fallback, timer=_placement_timer(job),
+            )  # fmt: skip
         except Int8BudgetError as e:
             e.record = {"top1": _int8_record(e.verdict), "calibration": calib_info, "search": e.record}
             raise

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .quantize import preprocess_for_int8, quantizable_nodes, quantize_int8
+from .quantize import QUANTIZED_OPS, preprocess_for_int8, quantizable_nodes, quantize_int8
 
 __all__ = [
     "Int8Budget",
@@ -183,6 +183,7 @@ class _Problem:
     budget: Int8Budget
     reduce_range: bool
     count: int = 0
+    op_types: tuple[str, ...] = QUANTIZED_OPS
 
     def build(self, method: str, exclude: Sequence[str] = (), out: Path | None = None) -> tuple[Path, dict]:
         self.count += 1
@@ -191,7 +192,7 @@ class _Problem:
         calib = None if cache.is_file() else self.calib
         settings = quantize_int8(
             self.fp32, path, calib, self.batch, calibration=method, reduce_range=self.reduce_range,
-            exclude=tuple(exclude), cache=cache, preprocessed=self.pre,
+            exclude=tuple(exclude), cache=cache, preprocessed=self.pre, op_types=self.op_types,
         )  # fmt: skip
         settings["calibration_images"] = len(self.calib)
         return path, settings
@@ -266,6 +267,37 @@ def _sensitivities(
     return sorted(refined, key=lambda r: -r["sensitivity"]) + rest
 
 
+def _placement(
+    p: _Problem, method: str, exclude: list[str], nodes: list[tuple[str, str]], timer: Callable, quiet: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Q/DQ pairs on the residual Adds or not, whichever runs faster here and meets the budget.
+
+    Returns the record for the manifest and, when the Adds stay float, that candidate's verdict (else None).
+    """
+    if not any(op == "Add" for _, op in nodes):
+        return {"chosen": "qdq", "why": "no Add to place Q/DQ pairs on"}, None
+    with_add, _ = p.build(method, exclude)
+    saved, p.op_types = p.op_types, tuple(o for o in p.op_types if o != "Add")
+    try:
+        no_add, _ = p.build(method, [n for n in exclude if dict(nodes).get(n) != "Add"])
+    finally:
+        p.op_types = saved
+    verdict = p.judge(no_add)
+    ms = timer({"qdq": with_add, "qdq-float-add": no_add})
+    with_add.unlink()
+    no_add.unlink()
+    faster = ms["qdq-float-add"] < 0.97 * ms["qdq"]  # a clear win only: 3% is within run-to-run noise
+    pick = "qdq-float-add" if faster and verdict["passed"] else "qdq"
+    why = (
+        "residual Adds kept in float: faster here and within budget"
+        if pick != "qdq"
+        else ("Adds float would miss the budget" if faster else "Q/DQ on the Adds is as fast or faster here")
+    )
+    _progress(f"placement: {pick} ({ms['qdq']:.3f} ms with Q/DQ on Adds, {ms['qdq-float-add']:.3f} ms without)", quiet)
+    rec = {"chosen": pick, "latency_ms": ms, "why": why, "float_add_verdict": _figures(verdict)}
+    return rec, verdict if pick != "qdq" else None
+
+
 def _what(row: dict[str, Any]) -> str:
     return "its group of consecutive ops cut (shared equally: estimated)" if row["estimated"] else "it alone cut"
 
@@ -315,6 +347,7 @@ def search_onnx_int8(
     max_float_fraction: float = 0.5,
     sensitivity_images: int = 32,
     quiet: bool = False,
+    timer: Callable[[dict[str, Path]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Accuracy-aware INT8 Q/DQ ONNX: the calibration method, and the fewest ops kept in float, meeting ``budget``.
 
@@ -332,6 +365,9 @@ def search_onnx_int8(
         max_float_fraction: at most this share of the quantizable ops may stay in float.
         sensitivity_images: calibration images the per-op sensitivities are measured on.
         quiet: no progress lines.
+        timer: ``timer({label: onnx_path}) -> {label: median ms}`` timing files side by side on the target runtime:
+            when given, the Q/DQ placement is chosen by measurement (with or without Q/DQ pairs on the residual
+            Adds, the fastest that meets the budget); None keeps the Adds quantized (TensorRT fuses them).
 
     Returns:
         ``(settings, verdict)`` for the manifest.
@@ -370,6 +406,14 @@ def search_onnx_int8(
         record = {"attempts": attempts, "cpu": cap, "reduce_range": rr, "quantizable_ops": len(nodes)}
         if not chosen["passed"]:
             raise Int8BudgetError("onnx-int8", min(attempts, key=_score), record)
+        if timer is not None:
+            placement, verdict_alt = _placement(p, method, exclude, nodes, timer, quiet)
+            record["placement"] = placement
+            if verdict_alt is not None:
+                p.op_types = tuple(o for o in p.op_types if o != "Add")
+                exclude = [n for n in exclude if dict(nodes).get(n) != "Add"]
+                nodes = [(n, op) for n, op in nodes if op != "Add"]
+                chosen = {"calibration": method, "float_ops": len(exclude), **verdict_alt}
         _, settings = p.build(method, exclude, out=Path(int8_path))
         if pre_error:
             settings["pre_process_error"] = pre_error

@@ -150,6 +150,7 @@ def quantize_int8(
     exclude: tuple[str, ...] | list[str] = (),
     cache: str | os.PathLike | None = None,
     preprocessed: str | os.PathLike | None = None,
+    op_types: tuple[str, ...] = QUANTIZED_OPS,
 ) -> dict[str, Any]:
     """Quantize an FP32 ONNX file statically to INT8 Q/DQ (per-channel symmetric weights, symmetric activations).
 
@@ -166,6 +167,7 @@ def quantize_int8(
         cache: a calibration-range file (onnxruntime's JSON cache): read when it exists, else written, so that many
             variants of one model share one calibration; also how QAT-learned ranges are supplied.
         preprocessed: the output of :func:`preprocess_for_int8`, when already made.
+        op_types: the ops whose inputs get Q/DQ pairs (default :data:`QUANTIZED_OPS`).
 
     Returns:
         The settings used, for the manifest.
@@ -180,7 +182,7 @@ def quantize_int8(
         "format": "QDQ",
         "weights": f"int{7 if reduce_range else 8} range in int8, per-channel, symmetric",
         "activations": "int8, per-tensor, symmetric",
-        "quantized_ops": list(QUANTIZED_OPS),
+        "quantized_ops": list(op_types),
         "calibration": calibration,
         "reduce_range": reduce_range,
         "float_nodes": list(exclude),
@@ -211,7 +213,7 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]),
-                op_types_to_quantize=list(QUANTIZED_OPS),
+                op_types_to_quantize=list(op_types),
                 nodes_to_exclude=list(exclude),
                 extra_options=extra,
                 calibration_cache_path=None if cache is None else str(cache),

@@ -180,3 +180,91 @@ def test_judge_parity() -> None:
     assert judge_parity(3e-3, 2e-3, 1e-3, 1e-4)  # fp32 noise amplified: within 10x the floor
     assert not judge_parity(1e-1, 1e-1, 1e-6, 1e-4)  # a missing bias in a well-conditioned model
     assert not judge_parity(3e-3, 2e-3, None, 1e-4)
+
+
+class _Residual(nn.Module):
+    """Two residual Adds and a dozen convs: enough ops for grouped sensitivities, Adds for the placement choice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(10))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        for i, conv in enumerate(self.body):
+            y = torch.relu(conv(x))
+            x = x + y if i % 5 == 4 else y
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("faster", ["qdq", "qdq-float-add"])
+def test_placement_follows_the_timer_and_the_budget(tmp_path: Path, faster: str) -> None:
+    import onnx
+
+    from export import export_onnx, run_onnx
+    from export.int8 import Int8Budget, search_onnx_int8
+
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(model, fp32, (3, 8, 8))
+    calib, gate_x = torch.rand(16, 3, 8, 8), torch.rand(16, 3, 8, 8)
+    timed: list[set] = []
+
+    def timer(files: dict[str, Path]) -> dict[str, float]:  # a stand-in for the runtime: the test fixes the winner
+        timed.append(set(files))
+        return {k: 1.0 if k == faster else 2.0 for k in files}
+
+    def run(p: Path, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(run_onnx(p, x[i : i + 1])) for i in range(len(x))])
+
+    out = tmp_path / "int8.onnx"
+    budget = Int8Budget(min_agreement=0.0, min_cosine=0.0)
+    settings, _ = search_onnx_int8(
+        fp32, out, calib, 1, (gate_x, None, "random"), run, budget, ("minmax",), False, quiet=True, timer=timer
+    )
+    assert timed == [{"qdq", "qdq-float-add"}]
+    assert settings["search"]["placement"]["chosen"] == faster
+    from export.quantize import quantize_int8
+
+    def pairs(path: Path) -> int:
+        return [n.op_type for n in onnx.load(str(path)).graph.node].count("QuantizeLinear")
+
+    quantize_int8(fp32, tmp_path / "with_add.onnx", calib, 1)  # Q/DQ on the Adds too: the default placement
+    assert ("Add" in settings["quantized_ops"]) == (faster == "qdq")
+    if faster == "qdq":
+        assert pairs(out) == pairs(tmp_path / "with_add.onnx"), "the file written is the placement chosen"
+    else:
+        assert pairs(out) < pairs(tmp_path / "with_add.onnx"), "the file written is the placement chosen"
+
+
+def test_grouped_sensitivities_rank_every_op_and_refine_the_worst() -> None:
+    from export.int8 import _sensitivities
+
+    nodes = [(f"n{i}", "Conv") for i in range(40)]
+
+    class P:  # error drops most when n7 is dequantized; every candidate's error is the sum over quantized ops
+        count = 0
+
+        def build(self, method: str, exclude=(), out=None):
+            P.count += 1
+            return _Gone(set(exclude)), {}
+
+        def distance(self, path) -> float:
+            return sum(10.0 if n == "n7" else 1.0 for n, _ in nodes if n not in path.excluded)
+
+    rows = _sensitivities(P(), "minmax", nodes, quiet=True, groups=8, refine=2)
+    assert sorted(r["node"] for r in rows) == sorted(n for n, _ in nodes)
+    assert rows[0]["node"] == "n7" and not rows[0]["estimated"]
+    assert any(r["estimated"] for r in rows), "ops outside the refined groups carry their group's estimate"
+    assert P.count == 1 + 8 + 2 * 5, "one full build, eight groups, then the two worst groups op by op"
+
+
+class _Gone:
+    def __init__(self, excluded: set) -> None:
+        self.excluded = excluded
+
+    def unlink(self) -> None:
+        pass
