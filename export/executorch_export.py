@@ -82,10 +82,20 @@ def _lower_and_write(ep: torch.export.ExportedProgram, path: Path) -> Path:
 
 
 def export_pte_int8(
-    model: nn.Module, path: str | os.PathLike, input_size: tuple[int, int, int], calib: torch.Tensor, batch: int = 1
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int, int],
+    calib: torch.Tensor,
+    batch: int = 1,
+    ranges: dict[str, float] | None = None,
+    info: dict | None = None,
 ) -> Path:
     """INT8 ``.pte``: PT2E quantization with ExecuTorch's XNNPACK quantizer (symmetric, per-channel weights), calibrated
     on ``calib`` (model inputs), then lowered to the XNNPACK delegate.
+
+    ``ranges`` (``{graph node name: amax}``, a QAT checkpoint's learned ranges, keyed by the ``torch.export`` node
+    that produces each tensor) replace the calibrated range of every observed tensor they name; the tensors XNNPACK
+    quantizes that QAT did not (op outputs) keep their calibrated ranges. ``info`` receives the counts.
 
     Raises:
         FormatUnavailableError: ExecuTorch missing or incompatible with this torch.
@@ -106,9 +116,40 @@ def export_pte_int8(
         prepared = prepare_pt2e(graph, quantizer)
         for i in range(0, len(calib) - batch + 1, batch):
             prepared(calib[i : i + batch])
+        if ranges:
+            used, observed = _apply_ranges(prepared, ranges)
+            if info is not None:
+                info.update(qat_ranges_used=used, observed_tensors=observed)
         converted = convert_pt2e(prepared)
         ep = torch.export.export(converted, (example,))
     return _lower_and_write(ep, Path(path))
+
+
+def _apply_ranges(prepared: torch.fx.GraphModule, ranges: dict[str, float]) -> tuple[int, int]:
+    """Swap the observer of every tensor named in ``ranges`` for a symmetric min/max observer holding that range."""
+    from torchao.quantization.pt2e import MinMaxObserver, ObserverBase
+
+    used = observed = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        obs = prepared.get_submodule(str(node.target))
+        src = node.args[0] if node.args else None
+        per_tensor = getattr(obs, "qscheme", None) in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+        if not (isinstance(obs, ObserverBase) and getattr(obs, "dtype", None) == torch.int8 and per_tensor):
+            continue  # weights (per channel) and anything not int8 keep their observers
+        if not isinstance(src, torch.fx.Node):
+            continue
+        observed += 1
+        if src.name not in ranges:
+            continue
+        fixed = MinMaxObserver(
+            dtype=torch.int8, qscheme=torch.per_tensor_symmetric, quant_min=obs.quant_min, quant_max=obs.quant_max
+        )
+        fixed(torch.tensor([-ranges[src.name], ranges[src.name]]))
+        prepared.add_submodule(str(node.target), fixed)
+        used += 1
+    return used, observed
 
 
 class _PteRunner:

@@ -175,3 +175,18 @@ def test_export_uses_the_learned_ranges(qat_run: dict, tmp_path: Path) -> None:
     assert (tmp_path / "out" / f"{MODEL}.int8.onnx").is_file()
     with pytest.raises(ExportInputError, match="QAT-trained at input"):
         export_model(MODEL, tmp_path / "o2", ExportOptions(img_size=32), checkpoint=qat_run["ckpt"])
+
+
+def test_executorch_int8_takes_the_learned_ranges(qat_run: dict, tmp_path: Path) -> None:
+    pytest.importorskip("executorch")
+    from export import ExportOptions, export_model
+
+    data = qat_run["data"]
+    opts = ExportOptions(
+        formats=("executorch-int8",), calib_data=str(data / "train"), val_data=str(data / "val"),
+        latency_seconds=0, max_int8_drop=100.0, min_int8_agreement=0.0,
+    )  # fmt: skip
+    rec = export_model(MODEL, tmp_path / "et", opts, checkpoint=qat_run["ckpt"]).formats["executorch-int8"]
+    assert rec["status"] == "ok", rec
+    used, observed = (int(w) for w in rec["quantization"]["qat"].split(" activation")[0].split()[2::2])
+    assert 0 < used <= observed, rec["quantization"]["qat"]
