@@ -4,10 +4,12 @@ For one model of each family, trained briefly on the bundled digits at 64 px (ca
 ``$ZOO_CACHE/bench-int8/<model>``: a second run reuses the checkpoints), it exports and measures on this machine:
 
 * ``fp32``: the FP32 ONNX's top-1 on the digits validation split (the INT8 gate's held-out images);
-* ``ptq-plain``: what the exporter did before the gate (MinMax calibration, full 8-bit weights, no op kept in float),
-  with the gate switched off so that the figures are recorded however bad;
+* ``ptq-plain``: what the exporter did before the gate (MinMax calibration, full 8-bit weights, no op kept in float,
+  Q/DQ on every Conv / MatMul / Gemm / Add input), with the gate switched off so that the figures are recorded
+  however bad;
 * ``ptq-aware``: the exporter's default accuracy-aware search (calibration methods, 7-bit weights where this CPU
-  saturates 8-bit products, sensitive ops kept in float), under the default budget (drop <= 1 point, agreement >= 98%);
+  saturates 8-bit products, sensitive ops kept in float, Q/DQ placement timed here), under the default budget
+  (drop <= 1 point, agreement >= 98%);
 * ``qat``: ``zoo train --qat`` for ``--qat-epochs`` from the FP32 checkpoint, exported from its learned ranges; its
   drop is reported against its own FP32 twin (the gate) and against the original FP32 model;
 * with ExecuTorch installed, ``executorch-int8`` (PT2E + XNNPACK) of the FP32 and of the QAT-trained weights.
@@ -94,7 +96,7 @@ def run_model(model: str, cache: Path, epochs: int, qat_epochs: int, executorch:
     row: dict = {"model": model, "epochs": epochs, "qat_epochs": qat_epochs}
     plain = _export(
         model, fp32, base / "x-plain", ("onnx", "onnx-int8"), int8_calibration=("minmax",), int8_reduce_range="off",
-        int8_fallback=False, max_int8_drop=100.0, min_int8_agreement=0.0, min_int8_cosine=-1.0,
+        int8_fallback=False, int8_placement="qdq", max_int8_drop=100.0, min_int8_agreement=0.0, min_int8_cosine=-1.0,
     )  # fmt: skip
     row["fp32_top1"] = _figures(plain["onnx-int8"]).get("top1_fp32")
     row["ptq_plain"] = _figures(plain["onnx-int8"])

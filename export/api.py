@@ -64,6 +64,8 @@ class ExportOptions:
         int8_reduce_range: ``auto`` (7-bit weights on x86 CPUs without VNNI, where 8-bit products saturate),
             ``on`` or ``off``.
         int8_fallback: keep the most sensitive ops in float until the budget is met (ONNX INT8).
+        int8_placement: ``auto`` (Q/DQ on the residual Adds or not, whichever onnxruntime runs faster here; always
+            on them for TensorRT) or ``qdq`` (always on them).
         coreml_precision: ``float16`` (default) or ``float32``.
         coreml_input: ``image`` (an ``ImageType``) or ``tensor``.
         trt_sparse: allow 2:4 sparse kernels in TensorRT.
@@ -92,6 +94,7 @@ class ExportOptions:
     int8_calibration: tuple[str, ...] = ("minmax", "percentile")
     int8_reduce_range: str = "auto"
     int8_fallback: bool = True
+    int8_placement: str = "auto"
     coreml_precision: str = "float16"
     coreml_input: str = "image"
     trt_sparse: bool = False
@@ -119,6 +122,7 @@ class ExportOptions:
             "min_int8_agreement must be in [0, 100]": 0 <= self.min_int8_agreement <= 100,
             "min_int8_cosine must be in [-1, 1]": -1 <= self.min_int8_cosine <= 1,
             "int8_reduce_range must be auto, on or off": self.int8_reduce_range in ("auto", "on", "off"),
+            "int8_placement must be auto or qdq": self.int8_placement in ("auto", "qdq"),
             f"int8_calibration must be among {', '.join(CALIBRATION_METHODS)}": bool(self.int8_calibration)
             and set(self.int8_calibration) <= set(CALIBRATION_METHODS),
         }

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not keep sensitive ops in float to meet the INT8 budget",
     )
+    p.add_argument(
+        "--int8-placement",
+        choices=("auto", "qdq"),
+        default="auto",
+        help="auto: with or without Q/DQ on residual Adds, whichever runs faster here (Adds quantized for TensorRT); "
+        "qdq: always Q/DQ on the Adds",
+    )
     p.add_argument("--coreml-precision", choices=("float16", "float32"), default="float16")
     p.add_argument("--coreml-input", choices=("image", "tensor"), default="image")
     p.add_argument("--trt-sparse", action="store_true", help="TensorRT: allow 2:4 sparse kernels (SPARSE_WEIGHTS)")
@@ -121,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_int8_agreement=args.min_int8_agreement, min_int8_cosine=args.min_int8_cosine,
             int8_calibration=args.int8_calibration, int8_reduce_range=args.int8_reduce_range,
             int8_fallback=args.int8_fallback,
+            int8_placement=args.int8_placement,
             coreml_precision=args.coreml_precision, coreml_input=args.coreml_input, trt_sparse=args.trt_sparse,
             trt_workspace_mb=args.trt_workspace_mb, opset=args.opset, latency_seconds=args.latency_seconds,
             threads=args.threads, num_classes=args.num_classes,

@@ -290,7 +290,7 @@ def _placement_timer(job: Job) -> Callable[[dict[str, Path]], dict[str, float]] 
     machine that runs it. None (keep Q/DQ on the residual Adds) when TensorRT is a target, since its explicit
     quantization fuses Q/DQ'd Adds into the convolutions, or when latency measurement is off."""
     o = job.opts
-    if "tensorrt" in o.formats or o.latency_seconds <= 0:
+    if "tensorrt" in o.formats or o.latency_seconds <= 0 or o.int8_placement == "qdq":
         return None
     x = job.probes[0][1][: o.batch].numpy()
 
