@@ -268,3 +268,23 @@ class _Gone:
 
     def unlink(self) -> None:
         pass
+
+
+def test_placement_option() -> None:
+    from export import ExportInputError
+    from export.formats import _placement_timer
+
+    with pytest.raises(ExportInputError, match="int8_placement"):
+        ExportOptions(int8_placement="qoperator")
+
+    class J:  # what _placement_timer reads of a job
+        probes = [("random", torch.rand(1, 3, 8, 8))]
+
+    for opts, timed in (
+        (ExportOptions(formats=("onnx-int8",)), True),
+        (ExportOptions(formats=("onnx-int8",), int8_placement="qdq"), False),
+        (ExportOptions(formats=("onnx-int8", "tensorrt")), False),
+        (ExportOptions(formats=("onnx-int8",), latency_seconds=0), False),
+    ):
+        J.opts = opts
+        assert (_placement_timer(J) is not None) == timed, opts
