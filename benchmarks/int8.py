@@ -90,8 +90,8 @@ def _figures(rec: dict | None) -> dict:
 
 def run_model(model: str, cache: Path, epochs: int, qat_epochs: int, executorch: bool) -> dict:
     base = cache / model
-    fp32 = _train(model, base / "fp32", epochs)
-    qat = _train(model, base / "qat", qat_epochs, qat_from=fp32)
+    fp32 = _train(model, base / f"fp32-e{epochs}", epochs)
+    qat = _train(model, base / f"qat-e{epochs}-{qat_epochs}", qat_epochs, qat_from=fp32)
     et = ("executorch", "executorch-int8") if executorch else ()
     row: dict = {"model": model, "epochs": epochs, "qat_epochs": qat_epochs}
     plain = _export(
@@ -174,8 +174,8 @@ def plot(rows: list[dict], path: Path, cpu: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--epochs", type=int, default=4, help="FP32 training epochs on digits")
-    p.add_argument("--qat-epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10, help="FP32 training epochs on digits (the demo recipe's 10)")
+    p.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs (the digits_qat recipe's 6)")
     p.add_argument("--results", default=str(RESULTS / "int8.jsonl"))
     p.add_argument("--report", action="store_true", help="only rebuild the table and plot from --results")
     args = p.parse_args()
