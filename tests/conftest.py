@@ -22,11 +22,31 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def _apply_xdist_groups(config: pytest.Config, items: list) -> None:
+    """``--dist loadgroup`` groups by an ``@group`` suffix that pytest-xdist 3.8 appends by assigning ``_nodeid``,
+    which pytest 9.2 no longer reads (its node ids are structured): without this, ``xdist_group`` marks are
+    silently ignored, both workers build the same model and wait on the same shared fixture."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # older pytest: xdist's own suffix works
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name")) for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    """The registry-wide tests first, largest models first (parameter counts from the cards' stats file), so that
-    the two xdist workers end together instead of one finishing a 400-layer model alone at the end."""
+    """xdist groups that work (:func:`_apply_xdist_groups`); then the registry-wide tests first, largest models
+    first (parameter counts from the cards' stats file), so that the two workers end together instead of one
+    finishing a 400-layer model alone at the end."""
     import json
     from pathlib import Path
+
+    _apply_xdist_groups(config, items)
 
     stats_file = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "model_stats.json"
     try:
