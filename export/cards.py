@@ -310,13 +310,13 @@ def _cascade_lines(family: Family) -> list[str]:
     return lines
 
 
-def _int8_lines() -> list[str]:
+def _int8_lines(plots: bool = True) -> list[str]:
     """The INT8-per-family table written by ``benchmarks/int8.py``, when it has run."""
     table = _ROOT / INT8_TABLE_PATH
     if not table.is_file():
         return []
     lines = ["", "## INT8 per family (`benchmarks/int8.py`)", "", *table.read_text().strip().splitlines()]
-    if (_ROOT / INT8_PLOT_PATH).is_file():
+    if plots and (_ROOT / INT8_PLOT_PATH).is_file():
         lines += ["", f"![INT8 top-1 drop against INT8/FP32 latency]({INT8_PLOT_PATH})"]
     return lines
 
@@ -374,7 +374,7 @@ def render_cards(
     ]
     if plot:
         out += ["", f"![Paper top-1 against latency measured here]({plot})"]
-    out += _int8_lines()
+    out += _int8_lines(plots=plot is not None)
     out += ["", "| family | paper | variants |", "|---|---|---|"]
     out += [
         f"| [{f.name}](#{f.name}) | {_cell(f.paper.title)} ({f.paper.venue}) | {len(f.variants)} |" for f in families
