@@ -31,6 +31,7 @@ from torch import fx, nn
 __all__ = [
     "ActQuant",
     "QAT_VERSION",
+    "X86_INT8_DOT_FLAGS",
     "WeightQuant",
     "default_reduce_range",
     "export_form",
@@ -45,6 +46,9 @@ __all__ = [
 
 #: Bumped when the placement or the state layout changes (checkpoints record it).
 QAT_VERSION = 1
+
+#: x86 CPU flags of int8 dot-product instructions: with one, 8-bit products accumulate without saturation.
+X86_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 _aten = torch.ops.aten
 #: Graph ops whose inputs are fake-quantized: op -> (activation argument positions, weight argument position or None).
@@ -68,7 +72,7 @@ def default_reduce_range() -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
         return False
-    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_info()["flags"].split()))
+    return not (X86_INT8_DOT_FLAGS & set(cpu_info()["flags"].split()))
 
 
 class ActQuant(nn.Module):

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from blocks.qat import X86_INT8_DOT_FLAGS
+
 from .quantize import QUANTIZED_OPS, preprocess_for_int8, quantizable_nodes, quantize_int8
 
 __all__ = [
@@ -95,7 +97,7 @@ def int8_capability() -> dict[str, Any]:
     x86 = arch in ("x86_64", "amd64", "i686", "i386")
     if x86:
         isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-        dot = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+        dot = bool(X86_INT8_DOT_FLAGS & flags)
         risk = not dot
         note = (
             "int8 dot products (VNNI/AMX): 8-bit products accumulate without saturation"
